@@ -1,0 +1,557 @@
+"""`download_model()`: the whole life of one download, usable without the CLI.
+
+For each file: take the lock; if the file is already here, ask the server whether it
+changed (HEAD, or a conditional GET); else reuse a matching blob from the local Hugging
+Face cache; else probe the server, adopt a `.part` whose version still matches, check
+the disk, stream, verify the SHA-256, and publish the file with an atomic rename.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from bitnet_xtask.errors import HashMismatchError, Interrupted, NetworkError, UsageError, XtaskError
+from bitnet_xtask.events import NullReporter, Reporter
+
+from . import hf_cache
+from .hub import HubClient, RemoteFile, default_base_url, strip_quotes, validate_repo_id
+from .retry import Backoff, TransientError, retrying
+from .store import (
+    FileLock,
+    ResumeState,
+    Target,
+    atomic_write_text,
+    ensure_space,
+    free_bytes,
+    fsync_dir,
+    leaf_name,
+    model_dir,
+    read_text,
+    remove,
+)
+from .transfer import (
+    NotModified,
+    PartFile,
+    RestartFromZero,
+    StreamContext,
+    plan_chunks,
+    run_streams,
+)
+
+DEFAULT_REPO = "microsoft/bitnet-b1.58-2B-4T-gguf"
+DEFAULT_FILE = "ggml-model-i2_s.gguf"
+PARALLEL_THRESHOLD = 64 << 20
+AUTO_CONNECTIONS = 4
+MAX_RESTARTS = 3
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One file to fetch: its path inside the repository and, optionally, its sha256."""
+
+    path: str
+    sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.sha256 is not None and not _SHA256.match(self.sha256):
+            raise UsageError(
+                f"--sha256 must be 64 hex digits, got {self.sha256!r}",
+                "copy the SHA256 from the file's page on the hub",
+            )
+
+
+@dataclass(frozen=True)
+class DownloadOptions:
+    """Everything about how to download, shared by all files of one run."""
+
+    repo_id: str = DEFAULT_REPO
+    revision: str = "main"
+    out: Path = Path("models")
+    base_url: str | None = None
+    token: str | None = None
+    force: bool = False
+    retries: int = 3
+    timeout: float = 1800.0
+    stall_timeout: float = 60.0
+    connections: int | None = None
+    lock_timeout: float = 1800.0
+    use_hf_cache: bool = True
+    backoff_base: float = 0.5
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What happened to one file."""
+
+    path: Path
+    size: int
+    sha256: str | None
+    url: str
+    commit: str | None
+    source: str  # "network", "up-to-date" or "hf-cache"
+    resumed_from: int = 0
+    elapsed_ms: int = 0
+
+    @property
+    def cached(self) -> bool:
+        """No byte of the file came over the network this time."""
+        return self.source != "network"
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """What `--dry-run` reports: what would happen, with nothing written."""
+
+    url: str
+    path: Path
+    size: int | None
+    resume_from: int
+    free_bytes: int
+    connections: int
+    commit: str | None
+    up_to_date: bool
+
+
+@dataclass
+class _Job:
+    """One file's download in progress: the pieces every step needs."""
+
+    spec: FileSpec
+    options: DownloadOptions
+    client: HubClient
+    reporter: Reporter
+    target: Target
+    url: str
+    session: requests.Session = field(init=False)
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.session = self.client.new_session()
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(retries=self.options.retries, base=self.options.backoff_base)
+
+    def probe(self) -> RemoteFile:
+        def on_retry(exc: TransientError, delay: float, failures: int) -> None:
+            self.reporter.emit(
+                {
+                    "phase": "retry",
+                    "file": self.target.name,
+                    "wait_secs": round(delay, 3),
+                    "msg": str(exc),
+                    "attempt": failures,
+                }
+            )
+
+        return retrying(lambda: self.client.probe(self.session, self.url), self.backoff, on_retry)
+
+    def result(
+        self, source: str, size: int, sha256: str | None, commit: str | None, resumed_from: int = 0
+    ) -> DownloadResult:
+        result = DownloadResult(
+            path=self.target.final,
+            size=size,
+            sha256=sha256,
+            url=self.url,
+            commit=commit,
+            source=source,
+            resumed_from=resumed_from,
+            elapsed_ms=int((time.monotonic() - self.started) * 1000),
+        )
+        self.reporter.emit(
+            {
+                "phase": "done",
+                "file": self.target.name,
+                "path": str(result.path),
+                "bytes": size,
+                "ms": result.elapsed_ms,
+                "sha256": sha256,
+                "commit": commit,
+                "cached": result.cached,
+                "source": source,
+            }
+        )
+        return result
+
+
+def _client(options: DownloadOptions) -> HubClient:
+    return HubClient(
+        options.base_url or default_base_url(),
+        options.token if options.token is not None else hf_cache.find_token(),
+        connect_timeout=options.timeout,
+        stall_timeout=options.stall_timeout,
+    )
+
+
+def _job(spec: FileSpec, options: DownloadOptions, client: HubClient, reporter: Reporter) -> _Job:
+    validate_repo_id(options.repo_id)
+    target = Target(model_dir(options.out, options.repo_id), leaf_name(spec.path))
+    url = client.file_url(options.repo_id, options.revision, spec.path)
+    return _Job(spec, options, client, reporter, target, url)
+
+
+def hash_file(path: Path) -> str:
+    """SHA-256 of a whole file (for files we did not download ourselves)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(4 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_cache_metadata(target: Target, etag: str | None, last_modified: str | None) -> None:
+    for path, value in ((target.etag, etag), (target.lastmod, last_modified)):
+        if value:
+            atomic_write_text(path, value + "\n")
+        else:
+            remove(path)
+
+
+def _reject(job: _Job, expected: str, actual: str, *paths: Path) -> HashMismatchError:
+    remove(*paths, job.target.etag, job.target.lastmod)
+    return HashMismatchError(
+        f"SHA-256 mismatch for {job.target.name}: expected {expected}, got {actual}",
+        "the file was removed; check --sha256, or run again to download it afresh",
+    )
+
+
+def _check_existing(job: _Job) -> tuple[DownloadResult | None, dict[str, str]]:
+    """Is the finished file current? Returns a result, or the conditional headers to use."""
+    target, expected = job.target, job.spec.sha256
+    stored_etag, stored_lastmod = read_text(target.etag), read_text(target.lastmod)
+    size = target.final.stat().st_size
+
+    def up_to_date(commit: str | None, sha: str | None) -> DownloadResult:
+        if expected:
+            actual = hash_file(target.final)
+            if actual != expected.lower():
+                raise _reject(job, expected.lower(), actual, target.final)
+            sha = actual
+        return job.result("up-to-date", size, sha, commit)
+
+    try:
+        remote = job.probe()
+    except NetworkError as exc:
+        if stored_etag is None and expected is None:
+            raise
+        job.reporter.info(f"warning: could not check for a newer version ({exc.message})")
+        return up_to_date(None, None), {}
+    if remote.identity and stored_etag:
+        if remote.identity == strip_quotes(stored_etag):
+            return up_to_date(remote.commit, remote.sha256), {}
+        job.reporter.info(f"{target.name} changed on the server; downloading the new version")
+        return None, {}
+    if stored_etag is None and (want := expected or remote.sha256):
+        # No metadata (copied in by hand?): the advertised hash decides.
+        if hash_file(target.final) == want.lower():
+            _write_cache_metadata(target, remote.identity, remote.last_modified)
+            return up_to_date(remote.commit, want.lower()), {}
+        return None, {}
+    conditional = {}
+    if stored_etag:
+        conditional["If-None-Match"] = f'"{strip_quotes(stored_etag)}"'
+    if stored_lastmod:
+        conditional["If-Modified-Since"] = stored_lastmod
+    return None, conditional
+
+
+def _adopt_hf_blob(job: _Job, sha256: str | None) -> DownloadResult | None:
+    """Hard-link (or copy) a verified blob from the Hugging Face cache."""
+    options = job.options
+    found = hf_cache.find_blob(options.repo_id, options.revision, job.spec.path, sha256)
+    if found is None:
+        return None
+    blob, expected = found
+    actual = hash_file(blob)
+    if actual != expected:
+        job.reporter.info(f"ignoring a corrupt Hugging Face cache blob: {blob}")
+        return None
+    target = job.target
+    remove(target.part)
+    try:
+        os.link(blob, target.part)
+    except OSError:
+        shutil.copyfile(blob, target.part)
+    with target.part.open("rb") as handle:
+        os.fsync(handle.fileno())
+    target.part.replace(target.final)
+    fsync_dir(target.directory)
+    _write_cache_metadata(target, f'"{expected}"', None)
+    remove(target.state)
+    job.reporter.info(f"reused {blob} from the Hugging Face cache")
+    return job.result("hf-cache", target.final.stat().st_size, actual, None)
+
+
+def _default_connections(options: DownloadOptions, remote: RemoteFile) -> int:
+    if not remote.accept_ranges or remote.size is None:
+        return 1
+    if options.connections is not None:
+        return max(1, options.connections)
+    return AUTO_CONNECTIONS if remote.size >= PARALLEL_THRESHOLD else 1
+
+
+def _fresh_state(job: _Job, remote: RemoteFile, connections: int) -> ResumeState:
+    return ResumeState(
+        url=job.url,
+        size=remote.size,
+        etag=remote.etag,
+        linked_etag=remote.linked_etag,
+        commit=remote.commit,
+        last_modified=remote.last_modified,
+        chunks=plan_chunks(remote.size, connections),
+    )
+
+
+def _resumable(job: _Job, remote: RemoteFile) -> ResumeState | None:
+    """The saved state, if `.part` provably holds bytes of the version now served."""
+    state = ResumeState.load(job.target.state)
+    if state is None or not job.target.part.is_file() or state.size is None:
+        return None
+    same_version = (
+        state.url == job.url
+        and state.size == remote.size
+        and bool(state.etag)
+        and (
+            strip_quotes(state.linked_etag or state.etag)
+            == strip_quotes(remote.linked_etag or remote.etag)
+        )
+    )
+    if not same_version:
+        job.reporter.info(f"discarding {job.target.part.name}: the file changed on the server")
+        return None
+    return state
+
+
+def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> DownloadResult:
+    target, options = job.target, job.options
+    expected = (job.spec.sha256 or remote.sha256 or "").lower() or None
+    connections = _default_connections(options, remote)
+    state = None if options.force else _resumable(job, remote)
+    fresh = state is None
+    if state is None:
+        state = _fresh_state(job, remote, connections)
+    else:
+        conditional = {}
+    resumed_from = state.received
+    for restart in range(MAX_RESTARTS + 1):
+        ensure_space(target.directory, None if state.size is None else state.size - state.received)
+        part = PartFile(target, state, fresh=fresh)
+        job.reporter.emit(
+            {
+                "phase": "start",
+                "file": target.name,
+                "url": job.url,
+                "path": str(target.final),
+                "resume": state.received > 0,
+                "start": state.received,
+                "total": state.size,
+                "connections": min(connections, len(state.chunks)),
+            }
+        )
+        ctx = StreamContext(
+            client=job.client,
+            part=part,
+            backoff=job.backoff,
+            reporter=job.reporter,
+            stop=threading.Event(),
+            file_label=target.name,
+            conditional=conditional or None,
+        )
+        last_reported = -1
+
+        def on_progress(received: int, size: int | None = state.size) -> None:
+            nonlocal last_reported
+            if received != last_reported:
+                last_reported = received
+                job.reporter.emit(
+                    {
+                        "phase": "progress",
+                        "file": target.name,
+                        "downloaded": received,
+                        "total": size,
+                    }
+                )
+
+        try:
+            run_streams(ctx, state.chunks, connections, on_progress)
+            part.hasher.catch_up(part.contiguous())
+            os.fsync(part.fd)
+            digest = part.hasher.hexdigest()
+            size = part.received()
+            break
+        except NotModified:
+            part.close()
+            remove(target.part, target.state)
+            return _check_existing_after_304(job, remote)
+        except RestartFromZero as exc:
+            if restart == MAX_RESTARTS:
+                raise NetworkError(
+                    f"gave up after {MAX_RESTARTS} restarts from byte 0: {exc}",
+                    "the server keeps changing the file or mangling ranges; try later",
+                ) from None
+            job.reporter.info(f"restarting {target.name} from byte 0: {exc}")
+            if exc.ranges_unsupported:
+                connections = 1
+            remote = job.probe()
+            expected = (job.spec.sha256 or remote.sha256 or "").lower() or None
+            state, fresh, conditional, resumed_from = (
+                _fresh_state(job, remote, connections),
+                True,
+                {},
+                0,
+            )
+            continue
+        except KeyboardInterrupt:
+            _save_quietly(part)
+            raise Interrupted(
+                f"interrupted: {part.received():,} bytes of {target.name} kept in {target.part}",
+                "run the same command again to resume",
+            ) from None
+        except XtaskError:
+            _save_quietly(part)
+            raise
+        finally:
+            part.close()
+    else:  # pragma: no cover - the loop always breaks, returns or raises
+        raise AssertionError("unreachable")
+    if expected and digest != expected:
+        raise _reject(job, expected, digest, target.part, target.state, target.final)
+    target.part.replace(target.final)
+    fsync_dir(target.directory)
+    _write_cache_metadata(target, state.linked_etag or state.etag, state.last_modified)
+    remove(target.state)
+    return job.result("network", size, digest, state.commit, resumed_from)
+
+
+def _check_existing_after_304(job: _Job, remote: RemoteFile) -> DownloadResult:
+    expected = job.spec.sha256
+    size = job.target.final.stat().st_size
+    sha = None
+    if expected:
+        sha = hash_file(job.target.final)
+        if sha != expected.lower():
+            raise _reject(job, expected.lower(), sha, job.target.final)
+    return job.result("up-to-date", size, sha, remote.commit)
+
+
+def _save_quietly(part: PartFile) -> None:
+    """Checkpoint on the way out; a full disk may refuse, and the old state stays valid."""
+    with contextlib.suppress(OSError, XtaskError):
+        part.checkpoint()
+
+
+def _download_one(job: _Job) -> DownloadResult:
+    target, options = job.target, job.options
+    target.directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(target.lock, options.lock_timeout, on_wait=job.reporter.info)
+    with lock.held():
+        if lock.took_over:
+            job.reporter.debug(f"took over the lock left by {lock.took_over}")
+        conditional: dict[str, str] = {}
+        if target.final.is_file() and not options.force:
+            done, conditional = _check_existing(job)
+            if done is not None:
+                return done
+        if options.use_hf_cache and job.spec.sha256:
+            adopted = _adopt_hf_blob(job, job.spec.sha256.lower())
+            if adopted:
+                return adopted
+        try:
+            remote = job.probe()
+        except NetworkError:
+            adopted = None
+            if options.use_hf_cache and not job.spec.sha256:
+                adopted = _adopt_hf_blob(job, None)
+            if adopted is None:
+                raise
+            return adopted
+        if options.use_hf_cache and not job.spec.sha256 and remote.sha256:
+            adopted = _adopt_hf_blob(job, remote.sha256)
+            if adopted:
+                return adopted
+        return _fetch(job, remote, conditional)
+
+
+def download_files(
+    files: Sequence[FileSpec],
+    options: DownloadOptions | None = None,
+    reporter: Reporter | None = None,
+) -> list[DownloadResult]:
+    """Download several files of one repository; stops at the first failure."""
+    options = options or DownloadOptions()
+    reporter = reporter or NullReporter()
+    client = _client(options)
+    jobs = [_job(spec, options, client, reporter) for spec in files]
+    names = [job.target.name for job in jobs]
+    if len(set(names)) != len(names):
+        raise UsageError(
+            "two --file values land on the same local name", "download them separately"
+        )
+    results = []
+    for job in jobs:
+        try:
+            results.append(_download_one(job))
+        finally:
+            job.session.close()
+    return results
+
+
+def download_model(
+    repo_id: str = DEFAULT_REPO,
+    filename: str = DEFAULT_FILE,
+    *,
+    sha256: str | None = None,
+    reporter: Reporter | None = None,
+    **options: object,
+) -> DownloadResult:
+    """Download one file; `options` are the fields of `DownloadOptions`."""
+    opts = DownloadOptions(repo_id=repo_id, **options)  # type: ignore[arg-type]
+    return download_files([FileSpec(filename, sha256)], opts, reporter)[0]
+
+
+def plan_download(
+    files: Sequence[FileSpec], options: DownloadOptions | None = None
+) -> list[DownloadPlan]:
+    """What a download would do (`--dry-run`): asks the server, writes nothing."""
+    options = options or DownloadOptions()
+    client = _client(options)
+    plans = []
+    for spec in files:
+        job = _job(spec, options, client, NullReporter())
+        try:
+            remote = job.probe()
+        finally:
+            job.session.close()
+        state = None if options.force else _resumable(job, remote)
+        stored = read_text(job.target.etag)
+        plans.append(
+            DownloadPlan(
+                url=job.url,
+                path=job.target.final,
+                size=remote.size,
+                resume_from=state.received if state else 0,
+                free_bytes=free_bytes(job.target.directory),
+                connections=_default_connections(options, remote),
+                commit=remote.commit,
+                up_to_date=bool(
+                    not options.force
+                    and job.target.final.is_file()
+                    and stored
+                    and remote.identity == strip_quotes(stored)
+                ),
+            )
+        )
+    return plans

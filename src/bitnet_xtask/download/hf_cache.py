@@ -1,0 +1,69 @@
+"""What huggingface_hub left on this machine: the login token and the download cache.
+
+We reuse both so users need no second login and no second copy of a model.
+
+huggingface_hub keeps `<cache>/models--org--name/blobs/<etag>` with `snapshots/<commit>/
+<path>` symlinks and `refs/<branch>` files. For an LFS file the blob's name is its
+sha256, so a blob can be trusted after hashing it; we never adopt one on its name alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .hub import as_sha256
+
+
+def hf_home() -> Path:
+    """`$HF_HOME`, else `$XDG_CACHE_HOME/huggingface` (default `~/.cache/huggingface`)."""
+    if home := os.environ.get("HF_HOME"):
+        return Path(home)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface"
+
+
+def find_token() -> str | None:
+    """`HF_TOKEN`, else the token file huggingface_hub's `hf auth login` writes."""
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        if token := os.environ.get(name, "").strip():
+            return token
+    path = os.environ.get("HF_TOKEN_PATH")
+    token_file = Path(path) if path else hf_home() / "token"
+    try:
+        return token_file.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def hub_cache_dir() -> Path:
+    """Where huggingface_hub keeps its cache, by its own precedence of variables."""
+    if cache := os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(cache)
+    return hf_home() / "hub"
+
+
+def find_blob(
+    repo_id: str, revision: str, path_in_repo: str, sha256: str | None, cache: Path | None = None
+) -> tuple[Path, str] | None:
+    """A cached blob for this file and the sha256 it must have, or None.
+
+    With a known sha256 the blob of that name is the candidate; otherwise the snapshot of
+    `revision` (a commit, or a branch through refs/) points at it, and its name gives the
+    hash to check, when the name is a sha256.
+    """
+    repo = (cache or hub_cache_dir()) / f"models--{repo_id.replace('/', '--')}"
+    if sha256:
+        blob = repo / "blobs" / sha256
+        return (blob, sha256) if blob.is_file() else None
+    ref = repo / "refs" / revision
+    try:
+        commit = ref.read_text(encoding="utf-8").strip() if ref.is_file() else revision
+    except OSError:
+        return None
+    snapshot = repo / "snapshots" / commit / path_in_repo
+    if not snapshot.is_file():
+        return None
+    blob = snapshot.resolve()
+    expected = as_sha256(blob.name)
+    return (blob, expected) if expected else None

@@ -1,0 +1,328 @@
+"""Moving bytes into `.part`: one or several ranged streams, retries, and the hash.
+
+Every stream owns one `Chunk` of the file and writes at its own offsets. A stream that
+fails with a transient error is retried from its current offset; anything that could
+splice two versions of the file (a 200 to a ranged request, a misaligned or missing
+Content-Range, a 416, a changed ETag) raises `RestartFromZero` instead, and the caller
+throws the partial bytes away. The SHA-256 is computed as the bytes arrive: data written
+at the hash's current position is hashed straight from the network buffer; only the
+bytes that parallel streams wrote ahead of it are read back, while the download runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import requests
+import urllib3.exceptions
+
+from bitnet_xtask.errors import NetworkError, XtaskError
+from bitnet_xtask.events import Reporter
+
+from .hub import HubClient, is_strong, redact, strip_quotes
+from .retry import Backoff, StopRequested, TransientError, retrying
+from .store import Chunk, ResumeState, Target, atomic_write_text, raise_if_no_space
+
+READ_SIZE = 1 << 20
+HASH_READ_SIZE = 4 << 20
+SYNC_EVERY_BYTES = 64 << 20
+SYNC_EVERY_SECONDS = 5.0
+UNKNOWN_END = 1 << 62
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class RestartFromZero(Exception):
+    """The partial bytes can't be trusted to belong to the file now being served."""
+
+    def __init__(self, reason: str, *, ranges_unsupported: bool = False) -> None:
+        super().__init__(reason)
+        self.ranges_unsupported = ranges_unsupported
+
+
+class NotModified(Exception):
+    """A conditional GET answered 304: the local file is current."""
+
+
+def plan_chunks(size: int | None, connections: int, min_chunk: int = 8 << 20) -> list[Chunk]:
+    """Split [0, size) into at most `connections` ranges of at least `min_chunk` bytes."""
+    if size is None:
+        return [Chunk(0, UNKNOWN_END, 0)]
+    count = max(1, min(connections, size // min_chunk))
+    step = -(-size // count)
+    step = -(-step // READ_SIZE) * READ_SIZE  # whole MiB boundaries
+    starts = range(0, size, step) if size else range(1)
+    return [Chunk(s, min(s + step, size), s) for s in starts]
+
+
+class PrefixHasher:
+    """SHA-256 of the file's contiguous prefix, fed inline when bytes arrive in order."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._hash = hashlib.sha256()
+        self._lock = threading.Lock()
+        self.position = 0
+
+    def feed(self, offset: int, data: memoryview | bytes) -> None:
+        """Hash `data` if it continues the prefix; otherwise `catch_up` will read it back."""
+        with self._lock:
+            if offset == self.position:
+                self._hash.update(data)
+                self.position += len(data)
+
+    def catch_up(self, upto: int) -> None:
+        """Hash bytes [position, upto) from the file (written by streams ahead of us)."""
+        with self._lock:
+            while self.position < upto:
+                block = os.pread(self._fd, min(HASH_READ_SIZE, upto - self.position), self.position)
+                if not block:
+                    raise NetworkError(f"the partial file is shorter than {upto} bytes")
+                self._hash.update(block)
+                self.position += len(block)
+
+    def hexdigest(self) -> str:
+        """The digest of everything hashed so far."""
+        return self._hash.hexdigest()
+
+
+class PartFile:
+    """`.part` plus its resume state: offset writes, progress, durable checkpoints."""
+
+    def __init__(self, target: Target, state: ResumeState, *, fresh: bool) -> None:
+        self.target = target
+        self.state = state
+        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0)
+        self.fd = os.open(target.part, flags, 0o644)
+        self.hasher = PrefixHasher(self.fd)
+        self._lock = threading.Lock()
+        self._unsynced = 0
+        self._last_sync = time.monotonic()
+        self.checkpoint()
+
+    def write(self, chunk: Chunk, data: bytes) -> None:
+        """Append `data` to `chunk` at its current offset."""
+        offset = chunk.done
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.pwrite(self.fd, view[written:], offset + written)
+        except OSError as exc:
+            raise_if_no_space(exc, self.target.directory)
+            raise
+        self.hasher.feed(offset, view)
+        with self._lock:
+            chunk.done += len(view)
+            self._unsynced += len(view)
+            due = (
+                self._unsynced >= SYNC_EVERY_BYTES
+                or time.monotonic() - self._last_sync >= SYNC_EVERY_SECONDS
+            )
+        if due:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """fdatasync, then record the offsets that are now durable."""
+        with self._lock:
+            snapshot = self.state.to_json()
+            self._unsynced = 0
+            self._last_sync = time.monotonic()
+        os.fdatasync(self.fd)
+        try:
+            atomic_write_text(self.target.state, snapshot)
+        except OSError as exc:
+            raise_if_no_space(exc, self.target.directory)
+            raise
+
+    def received(self) -> int:
+        """Bytes written so far (durable or not)."""
+        with self._lock:
+            return self.state.received
+
+    def contiguous(self) -> int:
+        """Length of the completely written prefix."""
+        with self._lock:
+            return self.state.contiguous()
+
+    def close(self) -> None:
+        """Release the descriptor (idempotent)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@dataclass
+class StreamContext:
+    """What every stream of one file shares."""
+
+    client: HubClient
+    part: PartFile
+    backoff: Backoff
+    reporter: Reporter
+    stop: threading.Event
+    file_label: str
+    conditional: dict[str, str] | None = None
+
+
+def _check_partial(response: requests.Response, chunk: Chunk, state: ResumeState) -> None:
+    """Accept a 206 only if it is exactly the bytes we asked for, of the version we have."""
+    status = response.status_code
+    if status == 200:
+        raise RestartFromZero(
+            "the server answered a ranged request with the whole file "
+            "(no range support, or the file changed since the partial download began)",
+            ranges_unsupported=not state.etag
+            or strip_quotes(response.headers.get("etag")) == strip_quotes(state.etag),
+        )
+    if status == 416:
+        raise RestartFromZero("the server says the resume offset is past the end of the file")
+    if status != 206:
+        raise NetworkError(f"unexpected {status} answer to a ranged request")
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", "").strip())
+    if not match:
+        raise RestartFromZero("206 without a valid Content-Range")
+    first, last, total = match.groups()
+    expected_last = (chunk.end if state.size is not None else chunk.done) - 1
+    if int(first) != chunk.done or (state.size is not None and int(last) != expected_last):
+        raise RestartFromZero(f"misaligned Content-Range {match.group(0)!r}")
+    if state.size is not None and total != "*" and int(total) != state.size:
+        raise RestartFromZero(f"the file's size changed to {total} bytes")
+    served = response.headers.get("etag")
+    if state.etag and served and strip_quotes(served) != strip_quotes(state.etag):
+        raise RestartFromZero("the file's ETag changed since the partial download began")
+
+
+def _stream_once(ctx: StreamContext, session: requests.Session, chunk: Chunk) -> None:
+    """One attempt at the rest of `chunk`; raises TransientError to be retried."""
+    state = ctx.part.state
+    ranged = chunk.done > chunk.start or chunk.start > 0 or chunk.end < (state.size or 0)
+    headers: dict[str, str] = {}
+    if ranged:
+        headers["Range"] = f"bytes={chunk.done}-{chunk.end - 1}"
+        if is_strong(state.etag):
+            headers["If-Range"] = state.etag or ""
+    elif ctx.conditional:
+        headers.update(ctx.conditional)
+    response = ctx.client.request(session, "GET", state.url, headers, stream=True)
+    raw = response.raw
+    try:
+        linked = response.hub_headers.get("x-linked-etag")
+        if state.linked_etag and linked and strip_quotes(linked) != strip_quotes(state.linked_etag):
+            raise RestartFromZero("a new version of the file was published on the hub")
+        if raw.status_code == 304 and ctx.conditional and not ranged:
+            raise NotModified()
+        if ranged:
+            _check_partial(raw, chunk, state)
+        elif raw.status_code != 200:
+            raise NetworkError(f"unexpected {raw.status_code} from {redact(raw.url)}")
+        else:
+            # A fresh stream from 0 defines the version we download.
+            state.etag = raw.headers.get("etag", state.etag)
+            state.last_modified = raw.headers.get("last-modified", state.last_modified)
+        ctx.conditional = None
+        try:
+            while chunk.done < chunk.end and not ctx.stop.is_set():
+                data = raw.raw.read(min(READ_SIZE, chunk.end - chunk.done), decode_content=False)
+                if not data:
+                    break
+                ctx.part.write(chunk, data)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError):
+                raise
+            raise TransientError(
+                f"stream broke at byte {chunk.done}: {type(exc).__name__}"
+            ) from None
+    finally:
+        raw.close()
+    if ctx.stop.is_set():
+        return
+    if state.size is None:
+        chunk.end = chunk.done
+    elif chunk.done < chunk.end:
+        raise TransientError(f"connection closed early at byte {chunk.done} of {chunk.end}")
+
+
+def run_stream(ctx: StreamContext, chunk: Chunk) -> None:
+    """Drive one chunk to completion, retrying transient failures from its offset."""
+    session = ctx.client.new_session()
+
+    def attempt() -> None:
+        try:
+            _stream_once(ctx, session, chunk)
+        except TransientError as exc:
+            if ctx.part.state.size is None and chunk.done > 0:
+                raise RestartFromZero(f"{exc} (size unknown: cannot resume)") from None
+            raise
+
+    def on_retry(exc: TransientError, delay: float, failures: int) -> None:
+        ctx.reporter.emit(
+            {
+                "phase": "retry",
+                "file": ctx.file_label,
+                "wait_secs": round(delay, 3),
+                "msg": str(exc),
+                "attempt": failures,
+                "offset": chunk.done,
+            }
+        )
+
+    try:
+        retrying(attempt, ctx.backoff, on_retry, progress=lambda: chunk.done, wait=ctx.stop.wait)
+    except StopRequested:
+        return
+    finally:
+        session.close()
+
+
+def run_streams(
+    ctx: StreamContext,
+    chunks: list[Chunk],
+    connections: int,
+    on_progress: Callable[[int], None],
+    progress_interval: float = 0.25,
+) -> None:
+    """Run every incomplete chunk, up to `connections` at once, until all are done.
+
+    The main thread only watches: it reports progress, advances the hash over bytes
+    that streams wrote ahead of it, and on Ctrl-C or the first failure stops the
+    others and re-raises.
+    """
+    pending = [chunk for chunk in chunks if not chunk.complete]
+    if not pending:
+        return
+    with ThreadPoolExecutor(max_workers=max(1, connections), thread_name_prefix="stream") as pool:
+        futures: list[Future[None]] = [pool.submit(run_stream, ctx, c) for c in pending]
+        try:
+            while True:
+                done, not_done = wait(
+                    futures, timeout=progress_interval, return_when=FIRST_EXCEPTION
+                )
+                ctx.part.hasher.catch_up(ctx.part.contiguous())
+                on_progress(ctx.part.received())
+                failed = [f for f in done if f.exception() is not None]
+                if failed:
+                    ctx.stop.set()
+                    wait(not_done)
+                    raise _most_important([f.exception() for f in failed])
+                if not not_done:
+                    return
+        except BaseException:
+            ctx.stop.set()
+            raise
+
+
+def _most_important(errors: list[BaseException | None]) -> BaseException:
+    """Several streams failed at once: a restart or a user-facing error wins over noise."""
+    real = [e for e in errors if e is not None]
+    for kind in (RestartFromZero, NotModified, XtaskError):
+        for error in real:
+            if isinstance(error, kind):
+                return error
+    return real[0]

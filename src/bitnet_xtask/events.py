@@ -1,0 +1,155 @@
+"""One reporter for every long-running command: human text or JSON lines.
+
+Core code never prints. It hands events (plain dicts with a `phase`) to a `Reporter`;
+the CLI picks how they look. With `--json`, each event is one JSON object per line on
+stdout (the schema is documented in README "JSON events"); human text and the progress
+bar go to stderr, so stdout stays machine-readable either way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol, TextIO
+
+from tqdm import tqdm
+
+Event = Mapping[str, Any]
+
+
+class Reporter(Protocol):
+    """Where core code sends what it is doing."""
+
+    def emit(self, event: Event) -> None:
+        """Record one event (`phase` is start, progress, retry, done, error, ...)."""
+
+    def info(self, message: str) -> None:
+        """A line for a person; not part of the JSON schema."""
+
+    def debug(self, message: str) -> None:
+        """A line for a person who asked for --verbose."""
+
+
+class NullReporter:
+    """The Python API's default: library calls stay silent."""
+
+    def emit(self, event: Event) -> None:
+        """Drop the event."""
+
+    def info(self, message: str) -> None:
+        """Drop the message."""
+
+    def debug(self, message: str) -> None:
+        """Drop the message."""
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class ConsoleReporter:
+    """JSON lines on stdout, or human text and a progress bar on stderr.
+
+    Thread-safe: parallel download streams report through one instance.
+    """
+
+    def __init__(
+        self,
+        *,
+        json_lines: bool = False,
+        progress: bool | None = None,
+        verbose: bool = False,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+    ) -> None:
+        self._stdout = stdout or sys.stdout
+        self._stderr = stderr or sys.stderr
+        self._json = json_lines
+        # Progress bars only make sense for a person watching a terminal.
+        self._progress = (
+            self._stderr.isatty() if progress is None else progress
+        ) and not json_lines
+        self._verbose = verbose
+        self._lock = threading.Lock()
+        self._bar: tqdm[Any] | None = None
+
+    def emit(self, event: Event) -> None:
+        """Write the event in the chosen form."""
+        with self._lock:
+            if self._json:
+                self._stdout.write(json.dumps(dict(event), separators=(",", ":")) + "\n")
+                self._stdout.flush()
+            else:
+                self._human(event)
+
+    def info(self, message: str) -> None:
+        """Print a line for a person (never on stdout in JSON mode)."""
+        with self._lock:
+            self._line(message)
+
+    def debug(self, message: str) -> None:
+        """Print a line only with --verbose."""
+        if self._verbose:
+            with self._lock:
+                self._line(f"debug: {message}")
+
+    def _line(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=self._stderr)
+        else:
+            self._stderr.write(message + "\n")
+            self._stderr.flush()
+
+    def _human(self, event: Event) -> None:
+        phase = event.get("phase")
+        name = event.get("file", "")
+        if phase == "start":
+            where = f" (resuming at {_human_bytes(event['start'])})" if event.get("resume") else ""
+            self._line(f"downloading {name} from {event.get('url')}{where}")
+            if self._progress:
+                self._bar = tqdm(
+                    total=event.get("total"),
+                    initial=event.get("start", 0),
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=str(name),
+                    file=self._stderr,
+                    dynamic_ncols=True,
+                )
+        elif phase == "progress":
+            if self._bar is not None:
+                self._bar.update(event["downloaded"] - self._bar.n)
+        elif phase == "retry":
+            self._line(f"retrying {name} in {event['wait_secs']:.1f}s: {event.get('msg')}")
+        elif phase == "done":
+            self._close_bar()
+            how = "up to date" if event.get("cached") else "saved"
+            self._line(f"{how}: {event.get('path')} ({_human_bytes(event.get('bytes', 0))})")
+        elif phase == "plan":
+            total = event.get("total")
+            self._line(
+                f"plan for {event.get('path')}:\n"
+                f"  url:         {event.get('url')}\n"
+                f"  size:        {'unknown' if total is None else _human_bytes(total)}\n"
+                f"  resume at:   {_human_bytes(event.get('start', 0))}\n"
+                f"  free space:  {_human_bytes(event.get('free_bytes', 0))}\n"
+                f"  connections: {event.get('connections')}\n"
+                f"  commit:      {event.get('commit') or 'unknown'}\n"
+                f"  up to date:  {'yes' if event.get('up_to_date') else 'no'}"
+            )
+        elif phase == "error":
+            self._close_bar()
+        else:
+            self._line(" ".join(f"{k}={v}" for k, v in event.items()))
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,215 @@
+"""Pure logic: names, retry timing, chunk plans, resume state, manifests, locks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from email.utils import formatdate
+from pathlib import Path
+
+import pytest
+
+from bitnet_xtask.download import FileSpec, read_manifest
+from bitnet_xtask.download.hub import as_sha256, is_strong, redact, strip_quotes
+from bitnet_xtask.download.retry import (
+    Backoff,
+    TransientError,
+    parse_retry_after,
+    retrying,
+)
+from bitnet_xtask.download.store import (
+    Chunk,
+    FileLock,
+    ResumeState,
+    atomic_write_text,
+    leaf_name,
+    model_dir,
+)
+from bitnet_xtask.download.transfer import READ_SIZE, plan_chunks
+from bitnet_xtask.errors import (
+    ExitCode,
+    LockedError,
+    NetworkError,
+    RateLimitedError,
+    UsageError,
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "leaf"),
+    [("model.gguf", "model.gguf"), ("sub/dir/model.gguf", "model.gguf"), ("a.b-c_d", "a.b-c_d")],
+)
+def test_leaf_name_keeps_only_the_last_component(given: str, leaf: str) -> None:
+    assert leaf_name(given) == leaf
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "../x.gguf", "a/../../x", "/etc/passwd", "a\\b.gguf", "C:x", "a//b", "./x", "x\0y"]
+)
+def test_leaf_name_refuses_traversal(bad: str) -> None:
+    with pytest.raises(UsageError) as err:
+        leaf_name(bad)
+    assert err.value.exit_code == ExitCode.USAGE
+
+
+def test_model_dir_uses_id_with_dashes(tmp_path: Path) -> None:
+    assert model_dir(tmp_path, "microsoft/bitnet-b1.58") == tmp_path / "microsoft-bitnet-b1.58"
+
+
+def test_retry_after_seconds_and_http_date() -> None:
+    assert parse_retry_after("7") == 7.0
+    now = time.time()
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now=now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now=now) == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    backoff = Backoff(retries=5, base=1.0, cap=4.0, rng=random.Random(1))
+    delays = [backoff.delay(attempt, None) for attempt in range(10)]
+    assert all(0 <= d <= 4.0 for d in delays)
+    assert len(set(delays)) == len(delays)
+    assert backoff.delay(0, 9999.0) == backoff.max_retry_after
+    assert backoff.delay(3, 2.0) == 2.0
+
+
+def test_retrying_gives_up_with_the_documented_errors() -> None:
+    sleeps: list[float] = []
+    backoff = Backoff(retries=2, base=0.0, sleep=sleeps.append)
+
+    def rate_limited() -> None:
+        raise TransientError("429", retry_after=1.0, rate_limited=True)
+
+    with pytest.raises(RateLimitedError):
+        retrying(rate_limited, backoff, lambda *_: None)
+    assert sleeps == [1.0, 1.0]
+
+    def broken() -> None:
+        raise TransientError("reset")
+
+    with pytest.raises(NetworkError) as err:
+        retrying(broken, backoff, lambda *_: None)
+    assert err.value.exit_code == ExitCode.NETWORK
+
+
+def test_retrying_resets_the_budget_when_an_attempt_made_progress() -> None:
+    done = [0]
+
+    def flaky() -> str:
+        done[0] += 1
+        if done[0] < 10:
+            raise TransientError("dropped")
+        return "ok"
+
+    backoff = Backoff(retries=1, base=0.0, sleep=lambda _: None)
+    assert retrying(flaky, backoff, lambda *_: None, progress=lambda: done[0]) == "ok"
+
+
+def test_plan_chunks_covers_the_file_exactly() -> None:
+    for size in (0, 1, READ_SIZE - 1, 10 * READ_SIZE + 3, 1 << 30):
+        for connections in (1, 3, 8):
+            chunks = plan_chunks(size, connections)
+            assert chunks[0].start == 0
+            assert chunks[-1].end == size
+            assert all(a.end == b.start for a, b in itertools.pairwise(chunks))
+            assert len(chunks) <= connections
+    assert len(plan_chunks(1 << 30, 4)) == 4
+    assert len(plan_chunks(4 << 20, 8)) == 1  # small files get one stream
+
+
+def test_resume_state_round_trip_and_contiguous_prefix(tmp_path: Path) -> None:
+    state = ResumeState(
+        url="u",
+        size=30,
+        etag='"e"',
+        linked_etag=None,
+        commit="c",
+        last_modified=None,
+        chunks=[Chunk(0, 10, 10), Chunk(10, 20, 15), Chunk(20, 30, 25)],
+    )
+    assert state.received == 10 + 5 + 5
+    assert state.contiguous() == 15
+    path = tmp_path / "s.json"
+    atomic_write_text(path, state.to_json())
+    assert ResumeState.load(path) == state
+    path.write_text("{not json")
+    assert ResumeState.load(path) is None
+    path.write_text(json.dumps({"version": 999}))
+    assert ResumeState.load(path) is None
+
+
+def test_manifest_text_and_json(tmp_path: Path) -> None:
+    sha = "a" * 64
+    text = tmp_path / "m.txt"
+    text.write_text(f"# models\nmodel.gguf {sha}\n\nsub/tok.json  # no hash\n")
+    assert read_manifest(text) == [FileSpec("model.gguf", sha), FileSpec("sub/tok.json")]
+    js = tmp_path / "m.json"
+    js.write_text(json.dumps([{"file": "a.gguf", "sha256": sha}, {"file": "b.gguf"}]))
+    assert read_manifest(js) == [FileSpec("a.gguf", sha), FileSpec("b.gguf")]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("a b c\n", "m.txt:1"),
+        ("x.gguf nothex\n", "m.txt:1"),
+        ("# empty\n", "no files"),
+        ('[{"nofile": 1}]', "invalid JSON"),
+    ],
+)
+def test_manifest_errors_name_the_line(tmp_path: Path, content: str, needle: str) -> None:
+    path = tmp_path / "m.txt"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=needle):
+        read_manifest(path)
+
+
+def test_etag_helpers() -> None:
+    sha = "ab" * 32
+    assert strip_quotes('W/"x"') == "x"
+    assert is_strong('"x"') and not is_strong('W/"x"') and not is_strong(None)
+    assert as_sha256(f'"{sha}"') == sha and as_sha256('"abc"') is None
+    assert redact("https://cdn/x?sig=secret&k=1") == "https://cdn/x?…"
+
+
+def test_lock_excludes_a_second_holder_and_names_the_owner(tmp_path: Path) -> None:
+    path = tmp_path / "f.lock"
+    first = FileLock(path, timeout=0)
+    first.acquire()
+    with pytest.raises(LockedError, match=f"pid {os.getpid()}"):
+        FileLock(path, timeout=0.3, poll=0.05).acquire()
+    first.release()
+    assert not path.exists()
+    with FileLock(path, timeout=0).held():
+        assert path.exists()
+    assert not path.exists()
+
+
+def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
+    path = tmp_path / "f.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; from pathlib import Path;"
+            "from bitnet_xtask.download.store import FileLock;"
+            "FileLock(Path(sys.argv[1]), 0).acquire(); print('held', flush=True); time.sleep(60)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    assert path.exists()  # a SIGKILL leaves the file behind
+    lock = FileLock(path, timeout=2)
+    lock.acquire()
+    assert lock.took_over == f"pid {holder.pid} (no longer running)"
+    lock.release()

@@ -233,12 +233,13 @@ def _stream_once(ctx: StreamContext, session: requests.Session, chunk: Chunk) ->
                 if not data:
                     break
                 ctx.part.write(chunk, data)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if isinstance(exc, OSError) and not isinstance(exc, ConnectionError | TimeoutError):
-                raise
-            raise TransientError(
-                f"stream broke at byte {chunk.done}: {type(exc).__name__}"
-            ) from None
+        except (
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            ConnectionError,
+            TimeoutError,
+        ) as exc:
+            raise TransientError(f"{_describe(exc)} at byte {chunk.done}") from None
     finally:
         raw.close()
     if ctx.stop.is_set():
@@ -247,6 +248,13 @@ def _stream_once(ctx: StreamContext, session: requests.Session, chunk: Chunk) ->
         chunk.end = chunk.done
     elif chunk.done < chunk.end:
         raise TransientError(f"connection closed early at byte {chunk.done} of {chunk.end}")
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, URL-free reason for a broken stream."""
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError | TimeoutError):
+        return "stalled: no data within --stall-timeout"
+    return "connection dropped"
 
 
 def run_stream(ctx: StreamContext, chunk: Chunk) -> None:

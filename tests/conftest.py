@@ -1,0 +1,160 @@
+"""Shared fixtures: real servers on 127.0.0.1 and a way to run the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from servers.hf_server import HFTestServer
+from servers.nginx import NginxServer, nginx_available
+
+REPO = "org/model"
+BIG_SIZE = 64 << 20
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Deterministic incompressible bytes."""
+    return random.Random(seed).randbytes(size)
+
+
+def sha256(data: bytes) -> str:
+    """Hex SHA-256 of bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def clean_env(home: Path, **extra: str) -> dict[str, str]:
+    """The CLI's environment: no token, proxy or HF settings leak in from the machine."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.upper().startswith(("HF_", "HUGGING", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"))
+        and k.upper() not in ("ALL_PROXY", "XDG_CACHE_HOME")
+    }
+    env.update(HOME=str(home), PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+@dataclass
+class Run:
+    """A finished CLI run."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON events on stdout."""
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+    def phases(self) -> list[str]:
+        """The events' phases, progress collapsed."""
+        out: list[str] = []
+        for event in self.events():
+            if not (out and out[-1] == event["phase"] == "progress"):
+                out.append(event["phase"])
+        return out
+
+
+@dataclass
+class Xtask:
+    """Runs `python -m bitnet_xtask` as a user would, in a private HOME."""
+
+    home: Path
+    out: Path
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return [sys.executable, "-m", "bitnet_xtask", *args]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return clean_env(self.home, **extra)
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
+        proc = subprocess.run(
+            self.argv(args),
+            env=env or self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(args),
+            env=env or self.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def download(self, base_url: str, *args: str, **kwargs: Any) -> Run:
+        """`download-model --json` for REPO from `base_url` into `out`."""
+        return self.run(
+            "download-model",
+            "--base-url",
+            base_url,
+            "--id",
+            REPO,
+            "--out",
+            str(self.out),
+            "--json",
+            *args,
+            **kwargs,
+        )
+
+    def target(self, name: str) -> Path:
+        return self.out / REPO.replace("/", "-") / name
+
+
+@pytest.fixture
+def xtask(tmp_path: Path) -> Xtask:
+    home = tmp_path / "home"
+    home.mkdir()
+    return Xtask(home=home, out=tmp_path / "models")
+
+
+@pytest.fixture
+def hf(tmp_path: Path) -> Iterator[HFTestServer]:
+    with HFTestServer(tmp_path / "hub-root") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def big_payload() -> bytes:
+    """A 64 MiB file, generated, never committed."""
+    return payload(BIG_SIZE, seed=64)
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory, big_payload: bytes) -> Iterator[NginxServer]:
+    if nginx_available() is None:
+        pytest.skip("nginx is not installed (scripts/ci-local.sh deps installs nginx-light)")
+    root = tmp_path_factory.mktemp("nginx-root")
+    files = root / REPO / "resolve" / "main"
+    files.mkdir(parents=True)
+    (files / "big.bin").write_bytes(big_payload)
+    (files / "small.bin").write_bytes(payload(300_000, seed=3))
+    with NginxServer(
+        root=root, workdir=tmp_path_factory.mktemp("nginx"), rate_limit="4m"
+    ) as server:
+        yield server
+
+
+def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll until `predicate()` is truthy."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)

@@ -383,3 +383,24 @@ def test_weak_etag_never_guards_a_resume(hf: HFTestServer, xtask: Xtask) -> None
     assert run.code == 0, run.stderr
     assert xtask.target(NAME).read_bytes() == data
     assert all("if-range" not in r.headers for r in hf.requests)
+
+
+def test_failed_run_keeps_part_and_a_resume_can_use_more_connections(
+    hf: HFTestServer, xtask: Xtask
+) -> None:
+    data = payload(48 << 20, seed=16)
+    digest = hf.add_file(REPO, NAME, data)
+    hf.set_faults(REPO, NAME, Faults(drop_at=[5 << 20, 5 << 20]))
+    failed = xtask.download(hf.hub_url, "--file", NAME, "--connections", "1", "--retries", "0")
+    assert failed.code == 14, failed.stderr
+    assert xtask.target(NAME + ".part").exists() and xtask.target(NAME + ".part.json").exists()
+    assert not xtask.target(NAME + ".lock").exists()
+
+    hf.clear_log()
+    run = xtask.download(hf.hub_url, "--file", NAME, "--connections", "4", "--sha256", digest)
+    assert run.code == 0, run.stderr
+    start = run.events()[0]
+    assert start["resume"] is True and start["start"] == 5 << 20
+    ranges = cdn_gets(hf)
+    assert len(ranges) >= 4 and ranges[0].startswith(f"bytes={5 << 20}-")
+    assert xtask.target(NAME).read_bytes() == data

@@ -213,3 +213,25 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
     lock.acquire()
     assert lock.took_over == f"pid {holder.pid} (no longer running)"
     lock.release()
+
+
+def test_split_largest_keeps_a_partition_and_stays_ahead_of_reads(tmp_path: Path) -> None:
+    from bitnet_xtask.download.store import Target
+    from bitnet_xtask.download.transfer import MIN_CHUNK, PartFile
+
+    size = 100 << 20
+    state = ResumeState("u", size, '"e"', None, None, None, plan_chunks(size, 1))
+    state.chunks[0].done = 10 << 20
+    part = PartFile(Target(tmp_path, "f"), state, fresh=True)
+    splits = 0
+    try:
+        while part.split_largest() is not None:
+            splits += 1
+    finally:
+        part.close()
+    assert 4 <= splits <= (90 << 20) // MIN_CHUNK
+    chunks = sorted(state.chunks, key=lambda c: c.start)
+    assert chunks[0].start == 0 and chunks[-1].end == size
+    assert all(a.end == b.start for a, b in itertools.pairwise(chunks))
+    assert all(c.end - c.done >= MIN_CHUNK for c in chunks)
+    assert all(c.start % READ_SIZE == 0 for c in chunks)

@@ -358,7 +358,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
                 "resume": state.received > 0,
                 "start": state.received,
                 "total": state.size,
-                "connections": min(connections, len(state.chunks)),
+                "connections": len(plan_chunks(state.size, connections)),
             }
         )
         ctx = StreamContext(
@@ -386,7 +386,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
                 )
 
         try:
-            run_streams(ctx, state.chunks, connections, on_progress)
+            run_streams(ctx, connections, on_progress)
             part.hasher.catch_up(part.contiguous())
             os.fsync(part.fd)
             digest = part.hasher.hexdigest()

@@ -50,11 +50,14 @@ class NotModified(Exception):
     """A conditional GET answered 304: the local file is current."""
 
 
-def plan_chunks(size: int | None, connections: int, min_chunk: int = 8 << 20) -> list[Chunk]:
-    """Split [0, size) into at most `connections` ranges of at least `min_chunk` bytes."""
+MIN_CHUNK = 8 << 20
+
+
+def plan_chunks(size: int | None, connections: int) -> list[Chunk]:
+    """Split [0, size) into at most `connections` ranges of at least `MIN_CHUNK` bytes."""
     if size is None:
         return [Chunk(0, UNKNOWN_END, 0)]
-    count = max(1, min(connections, size // min_chunk))
+    count = max(1, min(connections, size // MIN_CHUNK))
     step = -(-size // count)
     step = -(-step // READ_SIZE) * READ_SIZE  # whole MiB boundaries
     starts = range(0, size, step) if size else range(1)
@@ -151,6 +154,27 @@ class PartFile:
         with self._lock:
             return self.state.contiguous()
 
+    def split_largest(self) -> Chunk | None:
+        """Give an idle stream the second half of the largest unfinished range.
+
+        The split point stays at least `MIN_CHUNK` ahead of the range's current offset,
+        so a read already in flight (at most `READ_SIZE`) never crosses it; the chunk map
+        stays a partition of the file, and the new range is resumable like any other.
+        """
+        with self._lock:
+            if self.state.size is None:
+                return None
+            victim = max(self.state.chunks, key=lambda c: c.end - c.done)
+            remaining = victim.end - victim.done
+            if remaining < 2 * MIN_CHUNK:
+                return None
+            middle = victim.done + (remaining // 2) // READ_SIZE * READ_SIZE
+            stolen = Chunk(middle, victim.end, middle)
+            victim.end = middle
+            self.state.chunks.append(stolen)
+            self.state.chunks.sort(key=lambda c: c.start)
+            return stolen
+
     def close(self) -> None:
         """Release the descriptor (idempotent)."""
         if self.fd >= 0:
@@ -232,7 +256,7 @@ def _stream_once(ctx: StreamContext, session: requests.Session, chunk: Chunk) ->
                 data = raw.raw.read(min(READ_SIZE, chunk.end - chunk.done), decode_content=False)
                 if not data:
                     break
-                ctx.part.write(chunk, data)
+                ctx.part.write(chunk, data[: chunk.end - chunk.done])
         except (
             requests.RequestException,
             urllib3.exceptions.HTTPError,
@@ -291,22 +315,35 @@ def run_stream(ctx: StreamContext, chunk: Chunk) -> None:
 
 def run_streams(
     ctx: StreamContext,
-    chunks: list[Chunk],
     connections: int,
     on_progress: Callable[[int], None],
     progress_interval: float = 0.25,
 ) -> None:
-    """Run every incomplete chunk, up to `connections` at once, until all are done.
+    """Finish every chunk of `.part` with up to `connections` streams at once.
 
-    The main thread only watches: it reports progress, advances the hash over bytes
-    that streams wrote ahead of it, and on Ctrl-C or the first failure stops the
-    others and re-raises.
+    Each stream takes an unfinished chunk; when none is left it splits the largest
+    remaining one (so a slow connection never holds up the end, and a resume may use
+    more connections than the first run). The main thread only watches: it reports
+    progress, advances the hash over bytes that streams wrote ahead of it, and on
+    Ctrl-C or the first failure stops the others and re-raises.
     """
-    pending = [chunk for chunk in chunks if not chunk.complete]
-    if not pending:
+    queue = [chunk for chunk in ctx.part.state.chunks if not chunk.complete]
+    if not queue:
         return
-    with ThreadPoolExecutor(max_workers=max(1, connections), thread_name_prefix="stream") as pool:
-        futures: list[Future[None]] = [pool.submit(run_stream, ctx, c) for c in pending]
+    queue_lock = threading.Lock()
+
+    def next_chunk() -> Chunk | None:
+        with queue_lock:
+            if queue:
+                return queue.pop(0)
+        return None if ctx.part.state.size is None else ctx.part.split_largest()
+
+    def worker() -> None:
+        while not ctx.stop.is_set() and (chunk := next_chunk()) is not None:
+            run_stream(ctx, chunk)
+
+    with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="stream") as pool:
+        futures: list[Future[None]] = [pool.submit(worker) for _ in range(connections)]
         try:
             while True:
                 done, not_done = wait(

@@ -1,0 +1,95 @@
+"""The command line as a user meets it: entry points, usage errors, the reporter."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import Xtask
+
+from bitnet_xtask import __version__
+from bitnet_xtask.cli import main
+from bitnet_xtask.events import ConsoleReporter
+
+
+def test_version_via_python_m_and_console_script(xtask: Xtask) -> None:
+    run = xtask.run("--version")
+    assert run.code == 0 and __version__ in run.stdout
+    script = subprocess.run(
+        [sys.executable, "-c", "import sys; from bitnet_xtask.cli import main; sys.exit(main())",
+         "--version"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert script.returncode == 0 and __version__ in script.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["download-model", "--sha256", "xyz"], "64 hex digits"),
+        (["download-model", "--bogus"], "No such option"),
+        (["nope"], "No such command"),
+        (["download-model", "--base-url", "ftp://mirror"], "invalid --base-url"),
+        (["download-model", "--id", "../etc"], "invalid repository id"),
+        (["download-model", "--file", "a", "--file", "b", "--sha256", "a" * 64], "one file"),
+        (["download-model", "--manifest", "missing.txt"], "cannot read manifest"),
+        (["download-model", "--connections", "0"], "--connections"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(xtask: Xtask, args: list[str], message: str) -> None:
+    run = xtask.run(*args)
+    assert run.code == 2, run.stderr
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_json_error_event_carries_the_exit_code(xtask: Xtask) -> None:
+    run = xtask.run("download-model", "--json", "--sha256", "nothex")
+    assert run.code == 2
+    (event,) = [json.loads(line) for line in run.stdout.splitlines()]
+    assert event["phase"] == "error" and event["code"] == 2 and "hex" in event["msg"]
+
+
+def test_main_returns_codes_instead_of_exiting() -> None:
+    assert main(["--version"]) == 0
+    assert main(["download-model", "--sha256", "bad"]) == 2
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_reporter_draws_a_bar_on_a_terminal_and_never_on_json() -> None:
+    err = _Terminal()
+    reporter = ConsoleReporter(stdout=io.StringIO(), stderr=err)
+    reporter.emit({"phase": "start", "file": "m.gguf", "url": "u", "total": 2048, "start": 0})
+    reporter.emit({"phase": "progress", "file": "m.gguf", "downloaded": 1024, "total": 2048})
+    reporter.emit({"phase": "done", "file": "m.gguf", "path": "p", "bytes": 2048})
+    text = err.getvalue()
+    assert "downloading m.gguf" in text and "50%" in text and "saved: p (2.0 KiB)" in text
+
+    out, err = io.StringIO(), _Terminal()
+    reporter = ConsoleReporter(json_lines=True, stdout=out, stderr=err)
+    reporter.emit({"phase": "progress", "downloaded": 1, "total": 2})
+    reporter.info("for people")
+    assert json.loads(out.getvalue()) == {"phase": "progress", "downloaded": 1, "total": 2}
+    assert err.getvalue() == "for people\n"
+
+
+def test_no_progress_and_non_tty_draw_no_bar() -> None:
+    for stream, progress in ((_Terminal(), False), (io.StringIO(), None)):
+        reporter = ConsoleReporter(progress=progress, stdout=io.StringIO(), stderr=stream)
+        reporter.emit({"phase": "start", "file": "m", "url": "u", "total": 10, "start": 0})
+        reporter.emit({"phase": "progress", "downloaded": 5, "total": 10})
+        assert "%" not in stream.getvalue()
+
+
+def test_verbose_gates_debug_lines() -> None:
+    quiet, loud = io.StringIO(), io.StringIO()
+    ConsoleReporter(stderr=quiet).debug("detail")
+    ConsoleReporter(stderr=loud, verbose=True).debug("detail")
+    assert quiet.getvalue() == "" and loud.getvalue() == "debug: detail\n"

@@ -404,3 +404,15 @@ def test_failed_run_keeps_part_and_a_resume_can_use_more_connections(
     ranges = cdn_gets(hf)
     assert len(ranges) >= 4 and ranges[0].startswith(f"bytes={5 << 20}-")
     assert xtask.target(NAME).read_bytes() == data
+
+
+def test_existing_file_is_used_with_a_warning_when_the_hub_is_unreachable(
+    hf: HFTestServer, xtask: Xtask
+) -> None:
+    data = payload(10_000, seed=17)
+    hf.add_file(REPO, NAME, data)
+    assert xtask.download(hf.hub_url, "--file", NAME).code == 0
+    run = xtask.download("http://127.0.0.1:9", "--file", NAME, "--retries", "0")
+    assert run.code == 0, run.stderr
+    assert "could not check for a newer version" in run.stderr
+    assert run.events()[-1]["cached"] is True

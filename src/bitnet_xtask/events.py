@@ -131,7 +131,10 @@ class ConsoleReporter:
         elif phase == "done":
             self._close_bar()
             how = "up to date" if event.get("cached") else "saved"
-            self._line(f"{how}: {event.get('path')} ({_human_bytes(event.get('bytes', 0))})")
+            digest = f", sha256 {event['sha256']}" if event.get("sha256") else ""
+            self._line(
+                f"{how}: {event.get('path')} ({_human_bytes(event.get('bytes', 0))}{digest})"
+            )
         elif phase == "plan":
             total = event.get("total")
             self._line(

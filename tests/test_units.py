@@ -235,3 +235,19 @@ def test_split_largest_keeps_a_partition_and_stays_ahead_of_reads(tmp_path: Path
     assert all(a.end == b.start for a, b in itertools.pairwise(chunks))
     assert all(c.end - c.done >= MIN_CHUNK for c in chunks)
     assert all(c.start % READ_SIZE == 0 for c in chunks)
+
+
+@pytest.mark.parametrize(
+    ("size", "etag", "linked", "resumable"),
+    [
+        (10, '"strong"', None, True),
+        (10, 'W/"weak"', None, False),
+        (10, 'W/"weak"', '"' + "a" * 64 + '"', True),  # the hub's sha256 names the bytes
+        (10, None, None, False),
+        (None, '"strong"', None, False),
+    ],
+)
+def test_ranges_need_a_size_and_a_strong_validator(
+    size: int | None, etag: str | None, linked: str | None, resumable: bool
+) -> None:
+    assert ResumeState("u", size, etag, linked, None, None).resumable is resumable

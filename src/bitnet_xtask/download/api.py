@@ -21,7 +21,14 @@ from pathlib import Path
 
 import requests
 
-from bitnet_xtask.errors import HashMismatchError, Interrupted, NetworkError, UsageError, XtaskError
+from bitnet_xtask.errors import (
+    HashMismatchError,
+    Interrupted,
+    NetworkError,
+    NotFoundError,
+    UsageError,
+    XtaskError,
+)
 from bitnet_xtask.events import NullReporter, Reporter
 
 from . import hf_cache
@@ -245,7 +252,7 @@ def _check_existing(job: _Job) -> tuple[DownloadResult | None, dict[str, str]]:
     try:
         remote = job.probe()
     except NetworkError as exc:
-        if stored_etag is None and expected is None:
+        if isinstance(exc, NotFoundError) or (stored_etag is None and expected is None):
             raise
         job.reporter.info(f"warning: could not check for a newer version ({exc.message})")
         return up_to_date(None, None), {}
@@ -296,16 +303,17 @@ def _adopt_hf_blob(job: _Job, sha256: str | None) -> DownloadResult | None:
 
 
 def _default_connections(options: DownloadOptions, remote: RemoteFile) -> int:
-    if not remote.accept_ranges or remote.size is None:
+    resumable = _fresh_state(remote, 1, "").resumable
+    if remote.size is None or not remote.accept_ranges or not resumable:
         return 1
     if options.connections is not None:
         return max(1, options.connections)
     return AUTO_CONNECTIONS if remote.size >= PARALLEL_THRESHOLD else 1
 
 
-def _fresh_state(job: _Job, remote: RemoteFile, connections: int) -> ResumeState:
+def _fresh_state(remote: RemoteFile, connections: int, url: str) -> ResumeState:
     return ResumeState(
-        url=job.url,
+        url=url,
         size=remote.size,
         etag=remote.etag,
         linked_etag=remote.linked_etag,
@@ -318,7 +326,7 @@ def _fresh_state(job: _Job, remote: RemoteFile, connections: int) -> ResumeState
 def _resumable(job: _Job, remote: RemoteFile) -> ResumeState | None:
     """The saved state, if `.part` provably holds bytes of the version now served."""
     state = ResumeState.load(job.target.state)
-    if state is None or not job.target.part.is_file() or state.size is None:
+    if state is None or not job.target.part.is_file() or not state.resumable:
         return None
     same_version = (
         state.url == job.url
@@ -342,7 +350,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
     state = None if options.force else _resumable(job, remote)
     fresh = state is None
     if state is None:
-        state = _fresh_state(job, remote, connections)
+        state = _fresh_state(remote, connections, job.url)
     else:
         conditional = {}
     resumed_from = state.received
@@ -408,7 +416,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
             remote = job.probe()
             expected = (job.spec.sha256 or remote.sha256 or "").lower() or None
             state, fresh, conditional, resumed_from = (
-                _fresh_state(job, remote, connections),
+                _fresh_state(remote, connections, job.url),
                 True,
                 {},
                 0,

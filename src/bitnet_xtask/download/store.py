@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bitnet_xtask.download.hub import as_sha256, is_strong
 from bitnet_xtask.errors import LockedError, NoSpaceError, UsageError
 
 HEADROOM_BYTES = 50 * 1024 * 1024
@@ -203,6 +204,14 @@ class ResumeState:
     last_modified: str | None
     chunks: list[Chunk] = field(default_factory=list)
     version: int = STATE_VERSION
+
+    @property
+    def resumable(self) -> bool:
+        """Ranges are safe only with a known size and a validator that names the bytes:
+        a strong ETag, or the hub's sha256 (a weak ETag allows "equivalent" content)."""
+        return self.size is not None and (
+            is_strong(self.etag) or as_sha256(self.linked_etag) is not None
+        )
 
     @property
     def received(self) -> int:

@@ -162,7 +162,7 @@ class PartFile:
         stays a partition of the file, and the new range is resumable like any other.
         """
         with self._lock:
-            if self.state.size is None:
+            if not self.state.resumable:
                 return None
             victim = max(self.state.chunks, key=lambda c: c.end - c.done)
             remaining = victim.end - victim.done
@@ -289,8 +289,10 @@ def run_stream(ctx: StreamContext, chunk: Chunk) -> None:
         try:
             _stream_once(ctx, session, chunk)
         except TransientError as exc:
-            if ctx.part.state.size is None and chunk.done > 0:
-                raise RestartFromZero(f"{exc} (size unknown: cannot resume)") from None
+            if not ctx.part.state.resumable and chunk.done > chunk.start:
+                raise RestartFromZero(
+                    f"{exc}; no size or strong validator, so no safe resume"
+                ) from None
             raise
 
     def on_retry(exc: TransientError, delay: float, failures: int) -> None:
@@ -336,7 +338,7 @@ def run_streams(
         with queue_lock:
             if queue:
                 return queue.pop(0)
-        return None if ctx.part.state.size is None else ctx.part.split_largest()
+        return ctx.part.split_largest()
 
     def worker() -> None:
         while not ctx.stop.is_set() and (chunk := next_chunk()) is not None:

@@ -146,7 +146,7 @@ def nginx(tmp_path_factory: pytest.TempPathFactory, big_payload: bytes) -> Itera
     (files / "big.bin").write_bytes(big_payload)
     (files / "small.bin").write_bytes(payload(300_000, seed=3))
     with NginxServer(
-        root=root, workdir=tmp_path_factory.mktemp("nginx"), rate_limit="4m"
+        root=root, workdir=tmp_path_factory.mktemp("nginx"), rate_limit="8m"
     ) as server:
         yield server
 

@@ -235,44 +235,54 @@ def _reject(job: _Job, expected: str, actual: str, *paths: Path) -> HashMismatch
     )
 
 
-def _check_existing(job: _Job) -> tuple[DownloadResult | None, dict[str, str]]:
-    """Is the finished file current? Returns a result, or the conditional headers to use."""
+def _confirm_existing(job: _Job, commit: str | None, sha: str | None) -> DownloadResult:
+    """The finished file is current; `--sha256` is still checked (even after a 304)."""
+    target, expected = job.target, job.spec.sha256
+    if expected:
+        actual = hash_file(target.final)
+        if actual != expected.lower():
+            raise _reject(job, expected.lower(), actual, target.final)
+        sha = actual
+    return job.result("up-to-date", target.final.stat().st_size, sha, commit)
+
+
+@dataclass(frozen=True)
+class _Revalidation:
+    """What asking the server about an existing file settled."""
+
+    result: DownloadResult | None = None
+    remote: RemoteFile | None = None
+    conditional: dict[str, str] = field(default_factory=dict)
+
+
+def _revalidate(job: _Job) -> _Revalidation:
+    """Is the finished file current? Else the probe to reuse and conditional headers."""
     target, expected = job.target, job.spec.sha256
     stored_etag, stored_lastmod = read_text(target.etag), read_text(target.lastmod)
-    size = target.final.stat().st_size
-
-    def up_to_date(commit: str | None, sha: str | None) -> DownloadResult:
-        if expected:
-            actual = hash_file(target.final)
-            if actual != expected.lower():
-                raise _reject(job, expected.lower(), actual, target.final)
-            sha = actual
-        return job.result("up-to-date", size, sha, commit)
-
     try:
         remote = job.probe()
     except NetworkError as exc:
         if isinstance(exc, NotFoundError) or (stored_etag is None and expected is None):
             raise
         job.reporter.info(f"warning: could not check for a newer version ({exc.message})")
-        return up_to_date(None, None), {}
+        return _Revalidation(_confirm_existing(job, None, None))
     if remote.identity and stored_etag:
         if remote.identity == strip_quotes(stored_etag):
-            return up_to_date(remote.commit, remote.sha256), {}
+            return _Revalidation(_confirm_existing(job, remote.commit, remote.sha256))
         job.reporter.info(f"{target.name} changed on the server; downloading the new version")
-        return None, {}
+        return _Revalidation(remote=remote)
     if stored_etag is None and (want := expected or remote.sha256):
         # No metadata (copied in by hand?): the advertised hash decides.
         if hash_file(target.final) == want.lower():
             _write_cache_metadata(target, remote.identity, remote.last_modified)
-            return up_to_date(remote.commit, want.lower()), {}
-        return None, {}
+            return _Revalidation(_confirm_existing(job, remote.commit, want.lower()))
+        return _Revalidation(remote=remote)
     conditional = {}
     if stored_etag:
         conditional["If-None-Match"] = f'"{strip_quotes(stored_etag)}"'
     if stored_lastmod:
         conditional["If-Modified-Since"] = stored_lastmod
-    return None, conditional
+    return _Revalidation(remote=remote, conditional=conditional)
 
 
 def _adopt_hf_blob(job: _Job, sha256: str | None) -> DownloadResult | None:
@@ -400,10 +410,15 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
             digest = part.hasher.hexdigest()
             size = part.received()
             break
-        except NotModified:
+        except NotModified as exc:
             part.close()
             remove(target.part, target.state)
-            return _check_existing_after_304(job, remote)
+            _write_cache_metadata(
+                target,
+                remote.linked_etag or exc.etag or read_text(target.etag),
+                exc.last_modified or read_text(target.lastmod),
+            )
+            return _confirm_existing(job, remote.commit, None)
         except RestartFromZero as exc:
             if restart == MAX_RESTARTS:
                 raise NetworkError(
@@ -444,17 +459,6 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
     return job.result("network", size, digest, state.commit, resumed_from)
 
 
-def _check_existing_after_304(job: _Job, remote: RemoteFile) -> DownloadResult:
-    expected = job.spec.sha256
-    size = job.target.final.stat().st_size
-    sha = None
-    if expected:
-        sha = hash_file(job.target.final)
-        if sha != expected.lower():
-            raise _reject(job, expected.lower(), sha, job.target.final)
-    return job.result("up-to-date", size, sha, remote.commit)
-
-
 def _save_quietly(part: PartFile) -> None:
     """Checkpoint on the way out; a full disk may refuse, and the old state stays valid."""
     with contextlib.suppress(OSError, XtaskError):
@@ -468,17 +472,17 @@ def _download_one(job: _Job) -> DownloadResult:
     with lock.held():
         if lock.took_over:
             job.reporter.debug(f"took over the lock left by {lock.took_over}")
-        conditional: dict[str, str] = {}
+        revalidation = _Revalidation()
         if target.final.is_file() and not options.force:
-            done, conditional = _check_existing(job)
-            if done is not None:
-                return done
+            revalidation = _revalidate(job)
+            if revalidation.result is not None:
+                return revalidation.result
         if options.use_hf_cache and job.spec.sha256:
             adopted = _adopt_hf_blob(job, job.spec.sha256.lower())
             if adopted:
                 return adopted
         try:
-            remote = job.probe()
+            remote = revalidation.remote or job.probe()
         except NetworkError:
             adopted = None
             if options.use_hf_cache and not job.spec.sha256:
@@ -490,7 +494,7 @@ def _download_one(job: _Job) -> DownloadResult:
             adopted = _adopt_hf_blob(job, remote.sha256)
             if adopted:
                 return adopted
-        return _fetch(job, remote, conditional)
+        return _fetch(job, remote, revalidation.conditional)
 
 
 def download_files(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -230,8 +231,9 @@ class ResumeState:
         return end
 
     def to_json(self) -> str:
-        """Serialise for the sidecar."""
-        return json.dumps(asdict(self), indent=1)
+        """Serialise for the sidecar, with a checksum that exposes a torn write."""
+        body = asdict(self)
+        return json.dumps({**body, "check": _checksum(body)}, indent=1, sort_keys=True)
 
     @classmethod
     def load(cls, path: Path) -> ResumeState | None:
@@ -241,12 +243,37 @@ class ResumeState:
             return None
         try:
             data: dict[str, Any] = json.loads(text)
-            if data.get("version") != STATE_VERSION:
+            check = data.pop("check", None)
+            if data.get("version") != STATE_VERSION or check != _checksum(data):
                 return None
             data["chunks"] = [Chunk(**c) for c in data.get("chunks", [])]
             return cls(**data)
         except (ValueError, TypeError):
             return None
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_state(path: Path, text: str) -> None:
+    """Save the resume state: atomically, or in place when the disk is full.
+
+    A full disk is exactly when the state matters most (the download stops and must
+    resume later), and it is when a new temp file can't be created. Overwriting the
+    existing sidecar needs no new blocks; a torn write fails the checksum, and the next
+    run then starts from 0, which is safe.
+    """
+    try:
+        atomic_write_text(path, text)
+    except NoSpaceError:
+        if not path.exists():
+            raise
+        with path.open("r+", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.truncate()
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def _pid_alive(pid: int) -> bool:

@@ -28,7 +28,7 @@ from bitnet_xtask.events import Reporter
 
 from .hub import HubClient, is_strong, redact, strip_quotes
 from .retry import Backoff, StopRequested, TransientError, retrying
-from .store import Chunk, ResumeState, Target, atomic_write_text, raise_if_no_space
+from .store import Chunk, ResumeState, Target, raise_if_no_space, write_state
 
 READ_SIZE = 1 << 20
 HASH_READ_SIZE = 4 << 20
@@ -48,6 +48,11 @@ class RestartFromZero(Exception):
 
 class NotModified(Exception):
     """A conditional GET answered 304: the local file is current."""
+
+    def __init__(self, etag: str | None, last_modified: str | None) -> None:
+        super().__init__("304 Not Modified")
+        self.etag = etag
+        self.last_modified = last_modified
 
 
 MIN_CHUNK = 8 << 20
@@ -138,11 +143,7 @@ class PartFile:
             self._unsynced = 0
             self._last_sync = time.monotonic()
         os.fdatasync(self.fd)
-        try:
-            atomic_write_text(self.target.state, snapshot)
-        except OSError as exc:
-            raise_if_no_space(exc, self.target.directory)
-            raise
+        write_state(self.target.state, snapshot)
 
     def received(self) -> int:
         """Bytes written so far (durable or not)."""
@@ -241,7 +242,7 @@ def _stream_once(ctx: StreamContext, session: requests.Session, chunk: Chunk) ->
         if state.linked_etag and linked and strip_quotes(linked) != strip_quotes(state.linked_etag):
             raise RestartFromZero("a new version of the file was published on the hub")
         if raw.status_code == 304 and ctx.conditional and not ranged:
-            raise NotModified()
+            raise NotModified(raw.headers.get("etag"), raw.headers.get("last-modified"))
         if ranged:
             _check_partial(raw, chunk, state)
         elif raw.status_code != 200:

@@ -182,6 +182,9 @@ def test_gated_repo_needs_the_token_and_the_token_never_leaks(
     assert cdn and all("authorization" not in r.headers for r in cdn)
     for text in (ok.stdout, ok.stderr, denied.stderr, wrong.stderr):
         assert token not in text
+    # --verbose shows each request and the headers that decide things, minus secrets.
+    assert f"debug: GET {hf.hub_url}/{REPO}/resolve/main/{NAME} -> 302" in ok.stderr
+    assert "sig=" not in ok.stderr and "x-linked-etag=" in ok.stderr
 
 
 def test_token_file_written_by_huggingface_hub_is_used(hf: HFTestServer, xtask: Xtask) -> None:

@@ -194,12 +194,13 @@ class _Job:
         return result
 
 
-def _client(options: DownloadOptions) -> HubClient:
+def _client(options: DownloadOptions, reporter: Reporter) -> HubClient:
     return HubClient(
         options.base_url or default_base_url(),
         options.token if options.token is not None else hf_cache.find_token(),
         connect_timeout=options.timeout,
         stall_timeout=options.stall_timeout,
+        debug=reporter.debug,
     )
 
 
@@ -505,7 +506,7 @@ def download_files(
     """Download several files of one repository; stops at the first failure."""
     options = options or DownloadOptions()
     reporter = reporter or NullReporter()
-    client = _client(options)
+    client = _client(options, reporter)
     jobs = [_job(spec, options, client, reporter) for spec in files]
     names = [job.target.name for job in jobs]
     if len(set(names)) != len(names):
@@ -539,7 +540,7 @@ def plan_download(
 ) -> list[DownloadPlan]:
     """What a download would do (`--dry-run`): asks the server, writes nothing."""
     options = options or DownloadOptions()
-    client = _client(options)
+    client = _client(options, NullReporter())
     plans = []
     for spec in files:
         job = _job(spec, options, client, NullReporter())

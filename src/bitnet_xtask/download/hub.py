@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -142,6 +143,7 @@ class HubClient:
         *,
         connect_timeout: float = 1800.0,
         stall_timeout: float = 60.0,
+        debug: Callable[[str], None] | None = None,
     ) -> None:
         scheme = urlsplit(base_url).scheme
         if scheme not in ("http", "https") or not urlsplit(base_url).hostname:
@@ -149,6 +151,7 @@ class HubClient:
         self.base_url = base_url.rstrip("/")
         self._token = token
         self._timeout = (connect_timeout, stall_timeout)
+        self._debug = debug or (lambda _message: None)
 
     def file_url(self, repo_id: str, revision: str, path: str) -> str:
         """`{base}/{id}/resolve/{rev}/{file}`, the Hugging Face resolve endpoint."""
@@ -197,6 +200,10 @@ class HubClient:
                 raise TransientError(f"proxy error: {_reason(exc)}") from None
             except requests.RequestException as exc:
                 raise TransientError(f"{_reason(exc)} ({redact(url)})") from None
+            self._debug(
+                f"{method} {redact(url)} {_describe_headers(send)}-> {raw.status_code}"
+                f" {_describe_headers(raw.headers, _ANSWER_HEADERS)}"
+            )
             if on_hub:
                 for name in ("x-repo-commit", "x-linked-etag", "x-linked-size"):
                     if name in raw.headers:
@@ -279,6 +286,31 @@ class HubClient:
             response = self.request(session, "GET", url, {"Range": "bytes=0-0"}, stream=True)
             response.raw.close()
         return response.remote(url)
+
+
+_REQUEST_HEADERS = ("range", "if-range", "if-none-match", "if-modified-since")
+_ANSWER_HEADERS = (
+    "content-length",
+    "content-range",
+    "etag",
+    "location",
+    "retry-after",
+    "x-error-code",
+    "x-linked-etag",
+    "x-linked-size",
+    "x-repo-commit",
+)
+
+
+def _describe_headers(headers: Mapping[str, str], names: tuple[str, ...] = _REQUEST_HEADERS) -> str:
+    """The headers that explain a download decision; never Authorization."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    shown = [
+        f"{name}={redact(lowered[name]) if name == 'location' else lowered[name]}"
+        for name in names
+        if name in lowered
+    ]
+    return f"[{' '.join(shown)}] " if shown else ""
 
 
 def _reason(exc: requests.RequestException) -> str:

@@ -12,9 +12,10 @@ import json
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 Event = Mapping[str, Any]
 
@@ -113,6 +114,8 @@ class ConsoleReporter:
             where = f" (resuming at {_human_bytes(event['start'])})" if event.get("resume") else ""
             self._line(f"downloading {name} from {event.get('url')}{where}")
             if self._progress:
+                from tqdm import tqdm  # only when a person watches a terminal
+
                 self._bar = tqdm(
                     total=event.get("total"),
                     initial=event.get("start", 0),

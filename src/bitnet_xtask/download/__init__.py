@@ -1,17 +1,38 @@
-"""Resumable, verified, durable downloads from Hugging Face or a mirror."""
+"""Resumable, verified, durable downloads from Hugging Face or a mirror.
 
-from .api import (
-    DEFAULT_FILE,
-    DEFAULT_REPO,
-    DownloadOptions,
-    DownloadPlan,
-    DownloadResult,
-    FileSpec,
-    download_files,
-    download_model,
-    plan_download,
-)
-from .manifest import read_manifest
+The public names load on first use (PEP 562), so commands that never download (like
+`gpu-preflight`) don't pay for importing the HTTP stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .defaults import DEFAULT_FILE, DEFAULT_REPO
+
+if TYPE_CHECKING:
+    from .api import (
+        DownloadOptions,
+        DownloadPlan,
+        DownloadResult,
+        FileSpec,
+        download_files,
+        download_model,
+        plan_download,
+    )
+    from .manifest import read_manifest
+
+_LAZY = {
+    "DownloadOptions": "api",
+    "DownloadPlan": "api",
+    "DownloadResult": "api",
+    "FileSpec": "api",
+    "download_files": "api",
+    "download_model": "api",
+    "plan_download": "api",
+    "read_manifest": "manifest",
+}
 
 __all__ = [
     "DEFAULT_FILE",
@@ -25,3 +46,9 @@ __all__ = [
     "plan_download",
     "read_manifest",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

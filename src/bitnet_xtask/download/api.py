@@ -32,6 +32,7 @@ from bitnet_xtask.errors import (
 from bitnet_xtask.events import NullReporter, Reporter
 
 from . import hf_cache
+from .defaults import DEFAULT_FILE, DEFAULT_REPO
 from .hub import HubClient, RemoteFile, default_base_url, strip_quotes, validate_repo_id
 from .retry import Backoff, TransientError, retrying
 from .store import (
@@ -56,8 +57,6 @@ from .transfer import (
     run_streams,
 )
 
-DEFAULT_REPO = "microsoft/bitnet-b1.58-2B-4T-gguf"
-DEFAULT_FILE = "ggml-model-i2_s.gguf"
 PARALLEL_THRESHOLD = 64 << 20
 AUTO_CONNECTIONS = 4
 MAX_RESTARTS = 3

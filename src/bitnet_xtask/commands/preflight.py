@@ -1,0 +1,167 @@
+"""`xtask preflight` and `xtask gpu-preflight`: adapters over `bitnet_xtask.gpu`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from bitnet_xtask.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from bitnet_xtask.gpu.detect import RuntimeReport
+    from bitnet_xtask.gpu.elf import BinaryFacts
+    from bitnet_xtask.gpu.fit import Finding
+
+_FORMAT = click.Choice(["text", "json"])
+_ELF_MAGIC = b"\x7fELF"
+_NAMES = {"cuda": "CUDA", "rocm": "ROCm", "metal": "Metal", "wgpu": "WebGPU"}
+
+
+def _mark(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def _runtime_line(report: RuntimeReport) -> str:
+    parts = []
+    for name, label in _NAMES.items():
+        status = report.backend(name)
+        version = f" {status.version}" if status.available and status.version else ""
+        parts.append(f"{label}{version} {_mark(status.available)}")
+    features = ", ".join(report.cpu.features)
+    parts.append(f"CPU ✓ ({features})" if features else "CPU ✓")
+    return ", ".join(parts)
+
+
+def _device_lines(report: RuntimeReport) -> list[str]:
+    lines = []
+    for name, label in _NAMES.items():
+        status = report.backend(name)
+        if not status.available:
+            lines.append(f"  {label}: ✗ {status.detail or 'not available'}")
+            continue
+        driver = f" (driver {status.driver_version})" if status.driver_version else ""
+        lines.append(f"  {label}: ✓ {status.version or ''}{driver} via {status.source}".rstrip())
+        for device in status.devices:
+            memory = f", {device.memory_mib} MiB" if device.memory_mib else ""
+            capability = f", {device.compute_capability}" if device.compute_capability else ""
+            mig = ", MIG" if device.mig else ""
+            lines.append(f"    GPU {device.index}: {device.name}{memory}{capability}{mig}")
+    cpu = report.cpu
+    lines.append(f"  CPU: {cpu.model or 'unknown'} ({cpu.arch}, {cpu.cores} cores)")
+    if cpu.features:
+        lines.append(f"    features: {', '.join(cpu.features)}")
+    if report.fake:
+        lines.append("  (GPU probes replaced by BITNET_GPU_FAKE: this report is fake)")
+    return lines
+
+
+def _expand(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given; directories become the ELF files inside them (recursively)."""
+    from bitnet_xtask.cache import built_binaries
+
+    if not paths:
+        return [p for p in built_binaries() if _is_elf(p)]
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and _is_elf(p))
+        else:
+            files.append(path)
+    return files
+
+
+def _is_elf(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) == _ELF_MAGIC
+    except OSError:
+        return False
+
+
+def _compiled_line(binaries: list[BinaryFacts]) -> str:
+    if not binaries:
+        return "unknown (no binary given: pass --binary, or build one with fetch-cpp)"
+    backends = sorted({b for binary in binaries for b in binary.backends} - {"cpu", "blas"})
+    gpu = f"GPU ✓ ({', '.join(backends)})" if backends else "GPU ✗"
+    return f"{gpu}, CPU ✓"
+
+
+def _binary_line(binary: BinaryFacts) -> str:
+    code = ""
+    if binary.cuda is not None:
+        cubins = ", ".join(f"sm_{sm}" for sm in binary.cuda.cubin_sms) or "no cubins"
+        ptx = ", ".join(f"compute_{sm}" for sm in binary.cuda.ptx_sms)
+        code = f" [{cubins}{'; PTX ' + ptx if ptx else ''}]"
+    return f"    {binary.path}: {', '.join(binary.backends) or 'cpu only'}{code}"
+
+
+def _emit(fmt: str, data: dict[str, Any], text: list[str]) -> None:
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else "\n".join(text))
+
+
+@click.command("preflight")
+@click.option(
+    "--binary",
+    "binaries",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A built binary, library or build directory; repeatable.  "
+    "[default: the fetch-cpp builds' bin/]",
+)
+@click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
+@click.option("--probe-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+def preflight_command(binaries: tuple[Path, ...], fmt: str, probe_timeout: float) -> None:
+    """What this machine can run, what the binaries were built for, and the fit."""
+    from bitnet_xtask.gpu.detect import detect_runtime
+    from bitnet_xtask.gpu.elf import read_binary
+    from bitnet_xtask.gpu.fit import assess
+
+    runtime = detect_runtime(probe_timeout)
+    facts = [read_binary(path) for path in _expand(binaries)]
+    if binaries and not facts:
+        raise UsageError("no ELF binaries found in the given --binary paths")
+    findings: list[Finding] = assess(facts, runtime)
+    fits = all(f.ok for f in findings)
+    text = [
+        "Device Capabilities:",
+        f"  Compiled: {_compiled_line(facts)}",
+        f"  Runtime: {_runtime_line(runtime)}",
+        "",
+        *(["Binaries:", *(_binary_line(b) for b in facts)] if facts else []),
+        *(["Fit:", *(f"  {_mark(f.ok)} {f.message}" for f in findings)] if findings else []),
+        "✓ GPU: Available" if runtime.any_available else "✗ GPU: Not available (CPU only)",
+    ]
+    data = {
+        "compiled": {
+            "binaries": [b.to_dict() for b in facts],
+            "backends": sorted({b for binary in facts for b in binary.backends}),
+        },
+        "runtime": runtime.to_dict(),
+        "fit": [{"ok": f.ok, "message": f.message} for f in findings],
+        "ok": fits,
+    }
+    _emit(fmt, data, text)
+    if not fits:
+        raise click.exceptions.Exit(ExitCode.FAILURE)
+
+
+@click.command("gpu-preflight")
+@click.option("--require", is_flag=True, help="Exit 1 when no GPU backend is available.")
+@click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
+@click.option("--probe-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+def gpu_preflight_command(require: bool, fmt: str, probe_timeout: float) -> None:
+    """Which GPU backends can run here (CUDA, ROCm, Metal, WebGPU)."""
+    from bitnet_xtask.gpu.detect import detect_runtime
+
+    report = detect_runtime(probe_timeout)
+    text = ["GPU preflight:", *_device_lines(report)]
+    text.append("✓ GPU: Available" if report.any_available else "✗ GPU: Not available")
+    _emit(fmt, report.to_dict(), text)
+    if not report.any_available:
+        if require:
+            click.echo("error: no GPU backend available (--require)", err=True)
+            raise click.exceptions.Exit(ExitCode.FAILURE)
+        click.echo("warning: no GPU backend available; continuing on the CPU", err=True)

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Install what lint and tests need: nginx and tinyproxy (real peers for the download
-# tests) from Debian when running as root, then this package with its dev extras.
+# Install what lint and tests need from Debian when running as root: nginx and
+# tinyproxy (real peers for the download tests), the Vulkan loader and Mesa's drivers
+# (the WebGPU probe's tests); then this package with its dev extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
+# The real Vulkan loader and Mesa's drivers (lavapipe) for the WebGPU probe's tests.
+ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need+=(libvulkan1)
+[ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ "$(uname -m)" != x86_64 ] \
+  || need+=(mesa-vulkan-drivers)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "deps: installing ${need[*]}"

@@ -20,6 +20,8 @@ from servers.nginx import NginxServer, nginx_available
 
 REPO = "org/model"
 BIG_SIZE = 64 << 20
+GPU_FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
+STANDINS = Path(__file__).parent / "standins"
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -115,6 +117,10 @@ class Xtask:
 
     def target(self, name: str) -> Path:
         return self.out / REPO.replace("/", "-") / name
+
+    def standin_env(self, **recordings: str) -> dict[str, str]:
+        """PATH with tests/standins first, replaying the named recordings."""
+        return self.env(PATH=f"{STANDINS}{os.pathsep}{os.environ['PATH']}", **recordings)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Xtask
+from conftest import GPU_FIXTURES, Xtask
 
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.gpu.elf import CudaCode, parse_fatbin, read_binary
@@ -139,3 +139,24 @@ def test_preflight_cli_rejects_a_non_elf_binary(xtask: Xtask, tmp_path: Path) ->
     run = xtask.run("preflight", "--binary", str(bogus))
     assert run.code == 2 and "not a readable ELF binary" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("gpu", "capability", "fits", "how"),
+    [
+        ("RTX2080SUPER_610.57.04", "7.5", False, "no kernels for this compute capability"),
+        ("H100-80GB-HBM3_590.48.01", "9.0", True, "PTX for compute_90 (JIT)"),
+    ],
+)
+def test_preflight_fit_of_a_cuda_build_on_recorded_gpus(
+    xtask: Xtask, cuda_library: Path, gpu: str, capability: str, fits: bool, how: str
+) -> None:
+    """The message users otherwise get at the first launch, before the run."""
+    env = xtask.standin_env(
+        XTASK_TEST_SMI_BANNER=str(GPU_FIXTURES / f"nvidia-smi_{gpu}.txt"),
+        XTASK_TEST_SMI_QUERY=str(GPU_FIXTURES / f"nvidia-smi-query_{gpu}.csv"),
+    )
+    run = xtask.run("preflight", "--binary", str(cuda_library.parent), env=env)
+    assert run.code == (0 if fits else 1), run.stdout + run.stderr
+    assert f"compute capability {capability}): {how}" in run.stdout
+    assert "Compiled: GPU ✓ (cuda), CPU ✓" in run.stdout

@@ -8,6 +8,8 @@ import platform
 from bitnet_xtask.gpu.model import BackendStatus, GpuDevice
 from bitnet_xtask.gpu.probe import run_tool
 
+_FAMILY_KEYS = ("spdisplays_mtlgpufamilysupport", "spdisplays_metalfamily", "spdisplays_metal")
+
 
 def parse_displays(text: str) -> BackendStatus:
     """Metal support per GPU from system_profiler's JSON."""
@@ -18,7 +20,12 @@ def parse_displays(text: str) -> BackendStatus:
     devices: list[GpuDevice] = []
     families = set()
     for entry in entries:
-        family = entry.get("spdisplays_mtlgpufamilysupport") or entry.get("spdisplays_metal")
+        # macOS 13+ says "spdisplays_mtlgpufamilysupport": "spdisplays_metal3"; older
+        # releases "spdisplays_metalfamily": "spdisplays_mtlgpufamilyapple7".
+        family = next(
+            (entry[key] for key in _FAMILY_KEYS if entry.get(key)),
+            None,
+        )
         if not family:
             continue
         families.add(str(family).removeprefix("spdisplays_"))

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import ctypes
 import re
+from dataclasses import dataclass
 
 from bitnet_xtask.gpu.model import BackendStatus, GpuDevice
 from bitnet_xtask.gpu.probe import run_tool
 
 NVML_LIBRARY = "libnvidia-ml.so.1"
 QUERY_FIELDS = ("name", "driver_version", "memory.total", "compute_cap", "mig.mode.current")
-LEGACY_QUERY_FIELDS = ("name", "driver_version", "memory.total")
-_CUDA_VERSION = re.compile(r"CUDA Version:\s*([0-9]+\.[0-9]+)")
+# Drivers 610+ say "KMD Version" / "CUDA UMD Version" where older ones say
+# "Driver Version" / "CUDA Version".
+_BANNER_DRIVER = re.compile(r"(?:Driver|KMD) Version:\s*([0-9][0-9.]*)")
+_BANNER_CUDA = re.compile(r"CUDA (?:UMD )?Version:\s*([0-9]+\.[0-9]+)")
+_BANNER_GPU = re.compile(r"^\|\s+(\d+)\s+(.*?)\s+(?:On|Off|WDDM|TCC|MCDM)\s*\|")
+_BANNER_MEMORY = re.compile(r"(\d+)MiB\s*/\s*(\d+)MiB")
 
 
 class _Memory(ctypes.Structure):
@@ -114,28 +119,71 @@ def parse_query(csv_text: str, fields: tuple[str, ...] = QUERY_FIELDS) -> list[G
     return devices
 
 
+@dataclass(frozen=True)
+class Banner:
+    """What plain `nvidia-smi` prints: versions and one row block per GPU."""
+
+    driver_version: str | None
+    cuda_version: str | None
+    devices: tuple[GpuDevice, ...]
+
+
+def parse_banner(text: str) -> Banner:
+    """Plain `nvidia-smi`, every table layout from driver 440 to 610, Linux and Windows.
+
+    Each GPU is a block of rows: index and name; memory; and, where the header has a
+    `MIG M.` column, the MIG mode. Sections after the GPU table (MIG devices,
+    processes) are not read.
+    """
+    driver = _BANNER_DRIVER.search(text)
+    cuda = _BANNER_CUDA.search(text)
+    has_mig_row = "MIG M." in text
+    lines = re.split(r"\n\s*\n|\|\s*(?:MIG devices|Processes):", text, maxsplit=1)[0].splitlines()
+    devices = []
+    for number, line in enumerate(lines):
+        row = _BANNER_GPU.match(line)
+        if not row:
+            continue
+        following = lines[number + 1 : number + 3]
+        memory = _BANNER_MEMORY.search(following[0]) if following else None
+        mig_cell = following[1].rstrip(" |").split("|")[-1].strip() if has_mig_row else ""
+        devices.append(
+            GpuDevice(
+                index=int(row.group(1)),
+                name=row.group(2).strip(),
+                memory_mib=int(memory.group(2)) if memory else None,
+                mig=has_mig_row and len(following) > 1 and mig_cell == "Enabled",
+            )
+        )
+    return Banner(
+        driver_version=driver.group(1) if driver else None,
+        cuda_version=cuda.group(1) if cuda else None,
+        devices=tuple(devices),
+    )
+
+
 def probe_nvidia_smi(timeout: float) -> BackendStatus | None:
-    """Ask nvidia-smi: the query (fewer fields for drivers older than 510, which lack
-    `compute_cap`), and the banner, the one place that states the CUDA version."""
-    fields: tuple[str, ...] = QUERY_FIELDS
-    query = run_tool(_query_argv(fields), timeout)
-    if query.error == "not installed":
+    """Ask nvidia-smi: the banner (the one place that states the CUDA version) and the
+    query (the one place with compute capabilities; drivers before 510 lack the
+    `compute_cap` field, and then the banner's GPU rows are used)."""
+    banner_run = run_tool(["nvidia-smi"], timeout)
+    if banner_run.error == "not installed":
         return None
-    if query.stdout is None and "field" in (query.error or "").lower():
-        fields = LEGACY_QUERY_FIELDS
-        query = run_tool(_query_argv(fields), timeout)
-    if query.stdout is None:
-        return BackendStatus(available=False, source="nvidia-smi", detail=query.error)
-    devices = parse_query(query.stdout, fields)
-    banner = run_tool(["nvidia-smi"], timeout)
-    match = _CUDA_VERSION.search(banner.stdout or "")
-    drivers = {v.strip() for v in re.findall(r"^[^,]*,([^,]*)", query.stdout, re.MULTILINE)}
+    if banner_run.stdout is None:
+        return BackendStatus(available=False, source="nvidia-smi", detail=banner_run.error)
+    banner = parse_banner(banner_run.stdout)
+    query = run_tool(_query_argv(QUERY_FIELDS), timeout)
+    devices = tuple(parse_query(query.stdout, QUERY_FIELDS)) if query.stdout else ()
+    source = "nvidia-smi"
+    if not devices:
+        devices = banner.devices
+        source = "nvidia-smi (table; query failed: compute capability unknown)"
     return BackendStatus(
         available=bool(devices),
-        version=match.group(1) if match else None,
-        driver_version=min(drivers) if drivers else None,
-        devices=tuple(devices),
-        source="nvidia-smi",
+        version=banner.cuda_version,
+        driver_version=banner.driver_version,
+        devices=devices,
+        source=source,
         detail=None if devices else "nvidia-smi lists no GPU",
     )
 

@@ -28,6 +28,7 @@ def parse_product_json(text: str) -> list[GpuDevice]:
         info: dict[str, str] = cards[key]
         name = (
             info.get("Card Series")
+            or info.get("Device Name")
             or info.get("Card series")
             or info.get("Card Model")
             or info.get("Card model")

@@ -257,18 +257,26 @@ def test_apple_silicon_features_from_sysctl_recordings() -> None:
     assert "i8mm" in m2.features and m2.arch == "arm64"
 
 
-def test_wgpu_asks_the_real_vulkan_loader() -> None:
+def test_wgpu_asks_the_real_vulkan_loader(tmp_path: Path) -> None:
     """Debian's loader with Mesa's drivers: lavapipe is a CPU device, so no GPU."""
     if enumerate_vulkan() is None:
         pytest.skip("no Vulkan loader (scripts/ci-local.sh deps installs libvulkan1)")
     devices = enumerate_vulkan()
     assert devices and all(kind == 4 for _, kind in devices), devices  # no GPU on this machine
-    status = probe_wgpu(system="Linux")
+    # A render node makes the probe ask the loader (the node itself is only looked at).
+    (tmp_path / "dri").mkdir()
+    (tmp_path / "dri" / "renderD128").touch()
+    status = probe_wgpu(system="Linux", dev=tmp_path)
     assert status.available is False and status.source == "vulkan"
     assert "llvmpipe" in (status.detail or "") and "(CPU)" in (status.detail or "")
-    missing = probe_wgpu(system="Linux", library="libvulkan-missing.so.1")
+    missing = probe_wgpu(system="Linux", library="libvulkan-missing.so.1", dev=tmp_path)
     assert missing.available is False and "no Vulkan loader" in (missing.detail or "")
     assert probe_wgpu(system="Darwin").available
+
+
+def test_wgpu_without_gpu_device_nodes_skips_the_loader(tmp_path: Path) -> None:
+    status = probe_wgpu(system="Linux", library="libvulkan-missing.so.1", dev=tmp_path)
+    assert status.available is False and "no GPU device node" in (status.detail or "")
 
 
 @pytest.mark.parametrize(

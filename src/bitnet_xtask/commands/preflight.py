@@ -8,15 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from bitnet_xtask.errors import ExitCode, UsageError
+from bitnet_xtask.errors import ExitCode
 
 if TYPE_CHECKING:
     from bitnet_xtask.gpu.detect import RuntimeReport
     from bitnet_xtask.gpu.elf import BinaryFacts
-    from bitnet_xtask.gpu.fit import Finding
 
 _FORMAT = click.Choice(["text", "json"])
-_ELF_MAGIC = b"\x7fELF"
 _NAMES = {"cuda": "CUDA", "rocm": "ROCm", "metal": "Metal", "wgpu": "WebGPU"}
 
 
@@ -58,29 +56,6 @@ def _device_lines(report: RuntimeReport) -> list[str]:
     return lines
 
 
-def _expand(paths: tuple[Path, ...]) -> list[Path]:
-    """Files as given; directories become the ELF files inside them (recursively)."""
-    from bitnet_xtask.cache import built_binaries
-
-    if not paths:
-        return [p for p in built_binaries() if _is_elf(p)]
-    files = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and _is_elf(p))
-        else:
-            files.append(path)
-    return files
-
-
-def _is_elf(path: Path) -> bool:
-    try:
-        with path.open("rb") as handle:
-            return handle.read(4) == _ELF_MAGIC
-    except OSError:
-        return False
-
-
 def _compiled_line(binaries: list[BinaryFacts]) -> str:
     if not binaries:
         return "unknown (no binary given: pass --binary, or build one with fetch-cpp)"
@@ -115,36 +90,22 @@ def _emit(fmt: str, data: dict[str, Any], text: list[str]) -> None:
 @click.option("--probe-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 def preflight_command(binaries: tuple[Path, ...], fmt: str, probe_timeout: float) -> None:
     """What this machine can run, what the binaries were built for, and the fit."""
-    from bitnet_xtask.gpu.detect import detect_runtime
-    from bitnet_xtask.gpu.elf import read_binary
-    from bitnet_xtask.gpu.fit import assess
+    from bitnet_xtask.gpu.preflight import run_preflight
 
-    runtime = detect_runtime(probe_timeout)
-    facts = [read_binary(path) for path in _expand(binaries)]
-    if binaries and not facts:
-        raise UsageError("no ELF binaries found in the given --binary paths")
-    findings: list[Finding] = assess(facts, runtime)
-    fits = all(f.ok for f in findings)
+    report = run_preflight(binaries, probe_timeout)
+    runtime, facts = report.runtime, list(report.binaries)
     text = [
         "Device Capabilities:",
         f"  Compiled: {_compiled_line(facts)}",
         f"  Runtime: {_runtime_line(runtime)}",
         "",
         *(["Binaries:", *(_binary_line(b) for b in facts)] if facts else []),
-        *(["Fit:", *(f"  {_mark(f.ok)} {f.message}" for f in findings)] if findings else []),
+        *(["Fit:", *(f"  {_mark(f.ok)} {f.message}" for f in report.findings)]
+          if report.findings else []),
         "✓ GPU: Available" if runtime.any_available else "✗ GPU: Not available (CPU only)",
-    ]
-    data = {
-        "compiled": {
-            "binaries": [b.to_dict() for b in facts],
-            "backends": sorted({b for binary in facts for b in binary.backends}),
-        },
-        "runtime": runtime.to_dict(),
-        "fit": [{"ok": f.ok, "message": f.message} for f in findings],
-        "ok": fits,
-    }
-    _emit(fmt, data, text)
-    if not fits:
+    ]  # fmt: skip
+    _emit(fmt, report.to_dict(), text)
+    if not report.fits:
         raise click.exceptions.Exit(ExitCode.FAILURE)
 
 

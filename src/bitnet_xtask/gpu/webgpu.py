@@ -4,13 +4,17 @@ wgpu runs on Vulkan (Linux, Windows), Metal (macOS) or DX12 (Windows). On Linux 
 installed driver manifest proves nothing (distributions ship Intel, AMD and software
 ICDs together), so we ask the Vulkan loader itself: create an instance, enumerate the
 physical devices, and count those whose type is a GPU. A software rasterizer (lavapipe,
-SwiftShader) reports the CPU type and does not count.
+SwiftShader) reports the CPU type and does not count. Loading every installed driver
+costs tens of milliseconds, so when the machine has no GPU device node at all (no
+`/dev/dri/renderD*`, no `/dev/nvidia*`: nothing a Vulkan driver could open) the loader
+is not asked.
 """
 
 from __future__ import annotations
 
 import ctypes
 import platform
+from pathlib import Path
 
 from bitnet_xtask.gpu.model import BackendStatus, GpuDevice
 
@@ -72,13 +76,24 @@ def enumerate_vulkan(library: str = VULKAN_LIBRARY) -> list[tuple[str, int]] | N
         vk.vkDestroyInstance(instance, None)
 
 
-def probe_wgpu(system: str | None = None, library: str = VULKAN_LIBRARY) -> BackendStatus:
+def gpu_device_nodes(dev: Path = Path("/dev")) -> list[Path]:
+    """Device nodes a GPU driver exposes on Linux (Mesa's render nodes, NVIDIA's)."""
+    return sorted([*dev.glob("dri/renderD*"), *dev.glob("nvidia[0-9]*")])
+
+
+def probe_wgpu(
+    system: str | None = None, library: str = VULKAN_LIBRARY, dev: Path = Path("/dev")
+) -> BackendStatus:
     """Report the native path wgpu would use, and the GPUs it would see."""
     system = system or platform.system()
     if system == "Darwin":
         return BackendStatus(available=True, source="metal", detail="wgpu runs on Metal")
     if system == "Windows":
         return BackendStatus(available=True, source="dx12", detail="wgpu runs on DX12")
+    if not gpu_device_nodes(dev):
+        return BackendStatus(
+            available=False, detail=f"no GPU device node ({dev}/dri/renderD*, {dev}/nvidia*)"
+        )
     found = enumerate_vulkan(library)
     if found is None:
         return BackendStatus(available=False, detail=f"no Vulkan loader ({library})")

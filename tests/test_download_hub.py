@@ -304,7 +304,8 @@ def test_parallel_streams_write_one_verified_file(hf: HFTestServer, xtask: Xtask
     assert run.events()[0]["connections"] == 4
     ranges = cdn_gets(hf)
     assert len(ranges) >= 5 and all(r.startswith("bytes=") for r in ranges)
-    assert "bytes=26214400-31457279" in ranges  # the broken stream resumed where it stopped
+    # The broken stream resumed where it stopped, inside its 8 MiB piece.
+    assert "bytes=26214400-33554431" in ranges
     assert xtask.target(NAME).read_bytes() == data
 
 
@@ -407,7 +408,7 @@ def test_failed_run_keeps_part_and_a_resume_can_use_more_connections(
     start = run.events()[0]
     assert start["resume"] is True and start["start"] == 5 << 20
     ranges = cdn_gets(hf)
-    assert len(ranges) >= 4 and ranges[0].startswith(f"bytes={5 << 20}-")
+    assert len(ranges) >= 4 and any(r.startswith(f"bytes={5 << 20}-") for r in ranges)
     assert xtask.target(NAME).read_bytes() == data
 
 

@@ -30,7 +30,7 @@ from bitnet_xtask.download.store import (
     leaf_name,
     model_dir,
 )
-from bitnet_xtask.download.transfer import READ_SIZE, plan_chunks
+from bitnet_xtask.download.transfer import MAX_PIECE, MIN_CHUNK, READ_SIZE, plan_chunks
 from bitnet_xtask.errors import (
     ExitCode,
     LockedError,
@@ -112,15 +112,36 @@ def test_retrying_resets_the_budget_when_an_attempt_made_progress() -> None:
 
 
 def test_plan_chunks_covers_the_file_exactly() -> None:
-    for size in (0, 1, READ_SIZE - 1, 10 * READ_SIZE + 3, 1 << 30):
+    for size in (0, 1, READ_SIZE - 1, 10 * READ_SIZE + 3, 1 << 30, (100 << 30) + 7):
         for connections in (1, 3, 8):
             chunks = plan_chunks(size, connections)
             assert chunks[0].start == 0
             assert chunks[-1].end == size
             assert all(a.end == b.start for a, b in itertools.pairwise(chunks))
-            assert len(chunks) <= connections
-    assert len(plan_chunks(1 << 30, 4)) == 4
+            assert all(c.start % READ_SIZE == 0 for c in chunks)
+            assert all(c.end - c.start <= MAX_PIECE for c in chunks[:-1]) or len(chunks) == 1
+    assert len(plan_chunks(1 << 30, 1)) == 1  # one stream: one range, hashed inline
+    assert len(plan_chunks(1 << 30, 4)) == 16  # 64 MiB pieces, ~4 per connection
     assert len(plan_chunks(4 << 20, 8)) == 1  # small files get one stream
+    assert {c.end - c.start for c in plan_chunks(64 << 20, 8)} == {MIN_CHUNK}
+
+
+def test_state_saves_finished_neighbours_as_one_range(tmp_path: Path) -> None:
+    chunks = plan_chunks(1 << 30, 4)
+    for chunk in chunks[:5] + chunks[6:8]:
+        chunk.done = chunk.end
+    chunks[5].done = chunks[5].start + READ_SIZE
+    state = ResumeState("u", 1 << 30, '"e"', None, None, None, chunks)
+    path = tmp_path / "s.json"
+    atomic_write_text(path, state.to_json())
+    saved = ResumeState.load(path)
+    assert saved is not None and saved.received == state.received
+    assert [(c.start, c.end) for c in saved.chunks[:3]] == [
+        (0, 5 * MAX_PIECE),
+        (5 * MAX_PIECE, 6 * MAX_PIECE),
+        (6 * MAX_PIECE, 8 * MAX_PIECE),
+    ]
+    assert len(saved.chunks) == 3 + 8 and saved.contiguous() == state.contiguous()
 
 
 def test_resume_state_round_trip_and_contiguous_prefix(tmp_path: Path) -> None:

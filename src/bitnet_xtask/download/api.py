@@ -376,7 +376,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
                 "resume": state.received > 0,
                 "start": state.received,
                 "total": state.size,
-                "connections": len(plan_chunks(state.size, connections)),
+                "connections": min(connections, len(state.chunks)),
             }
         )
         ctx = StreamContext(

@@ -231,8 +231,19 @@ class ResumeState:
         return end
 
     def to_json(self) -> str:
-        """Serialise for the sidecar, with a checksum that exposes a torn write."""
-        body = asdict(self)
+        """Serialise for the sidecar, with a checksum that exposes a torn write.
+
+        Finished neighbouring ranges are saved as one, so the sidecar stays small
+        however many pieces a large file was fetched in.
+        """
+        chunks: list[Chunk] = []
+        for chunk in sorted(self.chunks, key=lambda c: c.start):
+            last = chunks[-1] if chunks else None
+            if last and last.complete and chunk.complete and last.end == chunk.start:
+                chunks[-1] = Chunk(last.start, chunk.end, chunk.end)
+            else:
+                chunks.append(Chunk(chunk.start, chunk.end, chunk.done))
+        body = asdict(self) | {"chunks": [asdict(c) for c in chunks]}
         return json.dumps({**body, "check": _checksum(body)}, indent=1, sort_keys=True)
 
     @classmethod

@@ -56,17 +56,25 @@ class NotModified(Exception):
 
 
 MIN_CHUNK = 8 << 20
+MAX_PIECE = 64 << 20
+PIECES_PER_CONNECTION = 4
 
 
 def plan_chunks(size: int | None, connections: int) -> list[Chunk]:
-    """Split [0, size) into at most `connections` ranges of at least `MIN_CHUNK` bytes."""
+    """Split [0, size) into the ranges streams take, in file order.
+
+    One connection gets one range. Several get pieces of 8-64 MiB (about four per
+    connection), handed out front to back: the file's contiguous prefix then grows
+    while the download runs, so the SHA-256 follows it instead of reading most of the
+    file back after the last byte.
+    """
     if size is None:
         return [Chunk(0, UNKNOWN_END, 0)]
-    count = max(1, min(connections, size // MIN_CHUNK))
-    step = -(-size // count)
-    step = -(-step // READ_SIZE) * READ_SIZE  # whole MiB boundaries
-    starts = range(0, size, step) if size else range(1)
-    return [Chunk(s, min(s + step, size), s) for s in starts]
+    if connections <= 1 or size < 2 * MIN_CHUNK:
+        return [Chunk(0, size, 0)]
+    piece = -(-size // (connections * PIECES_PER_CONNECTION))
+    piece = min(MAX_PIECE, max(MIN_CHUNK, -(-piece // READ_SIZE) * READ_SIZE))
+    return [Chunk(s, min(s + piece, size), s) for s in range(0, size, piece)]
 
 
 class PrefixHasher:

@@ -100,9 +100,9 @@ class Xtask:
             text=True,
         )
 
-    def download(self, base_url: str, *args: str, **kwargs: Any) -> Run:
-        """`download-model --json` for REPO from `base_url` into `out`."""
-        return self.run(
+    def download_args(self, base_url: str, *args: str) -> list[str]:
+        """`download-model --json` for REPO from `base_url` into `out`, plus `args`."""
+        return [
             "download-model",
             "--base-url",
             base_url,
@@ -112,8 +112,11 @@ class Xtask:
             str(self.out),
             "--json",
             *args,
-            **kwargs,
-        )
+        ]
+
+    def download(self, base_url: str, *args: str, **kwargs: Any) -> Run:
+        """Run `download_args(...)` to completion."""
+        return self.run(*self.download_args(base_url, *args), **kwargs)
 
     def target(self, name: str) -> Path:
         return self.out / REPO.replace("/", "-") / name

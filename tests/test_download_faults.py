@@ -48,21 +48,6 @@ SINGLE = ("--connections", "1", "--no-progress")  # one stream: one ranged GET o
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _argv(xtask: Xtask, base_url: str, *args: str) -> list[str]:
-    """The same command line as `Xtask.download`, for a process we keep running."""
-    return [
-        "download-model",
-        "--base-url",
-        base_url,
-        "--id",
-        REPO,
-        "--out",
-        str(xtask.out),
-        "--json",
-        *args,
-    ]
-
-
 def _pump(stream: IO[str], sink: list[str]) -> None:
     for line in stream:
         sink.append(line)
@@ -72,7 +57,7 @@ class Live:
     """A running download whose stdout (JSON events) and stderr are collected as they arrive."""
 
     def __init__(self, xtask: Xtask, base_url: str, *args: str) -> None:
-        self.proc = xtask.start(*_argv(xtask, base_url, *args))
+        self.proc = xtask.start(*xtask.download_args(base_url, *args))
         self.pid = self.proc.pid
         self._out: list[str] = []
         self._err: list[str] = []

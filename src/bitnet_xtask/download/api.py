@@ -341,7 +341,6 @@ def _resumable(job: _Job, remote: RemoteFile) -> ResumeState | None:
     same_version = (
         state.url == job.url
         and state.size == remote.size
-        and bool(state.etag)
         and (
             strip_quotes(state.linked_etag or state.etag)
             == strip_quotes(remote.linked_etag or remote.etag)
@@ -353,9 +352,14 @@ def _resumable(job: _Job, remote: RemoteFile) -> ResumeState | None:
     return state
 
 
+def _expected_sha256(job: _Job, remote: RemoteFile) -> str | None:
+    """`--sha256`, else the hub's advertised sha256 (its linked ETag), else nothing."""
+    return (job.spec.sha256 or remote.sha256 or "").lower() or None
+
+
 def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> DownloadResult:
     target, options = job.target, job.options
-    expected = (job.spec.sha256 or remote.sha256 or "").lower() or None
+    expected = _expected_sha256(job, remote)
     connections = _default_connections(options, remote)
     state = None if options.force else _resumable(job, remote)
     fresh = state is None
@@ -429,7 +433,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
             if exc.ranges_unsupported:
                 connections = 1
             remote = job.probe()
-            expected = (job.spec.sha256 or remote.sha256 or "").lower() or None
+            expected = _expected_sha256(job, remote)
             state, fresh, conditional, resumed_from = (
                 _fresh_state(remote, connections, job.url),
                 True,

@@ -205,7 +205,10 @@ class StreamContext:
 
 
 def _check_partial(response: requests.Response, chunk: Chunk, state: ResumeState) -> None:
-    """Accept a 206 only if it is exactly the bytes we asked for, of the version we have."""
+    """Accept a 206 only if it is exactly the bytes we asked for, of the version we have.
+
+    Ranges are only ever sent for a resumable state, so the size is known here.
+    """
     status = response.status_code
     if status == 200:
         raise RestartFromZero(
@@ -222,10 +225,9 @@ def _check_partial(response: requests.Response, chunk: Chunk, state: ResumeState
     if not match:
         raise RestartFromZero("206 without a valid Content-Range")
     first, last, total = match.groups()
-    expected_last = (chunk.end if state.size is not None else chunk.done) - 1
-    if int(first) != chunk.done or (state.size is not None and int(last) != expected_last):
+    if int(first) != chunk.done or int(last) != chunk.end - 1:
         raise RestartFromZero(f"misaligned Content-Range {match.group(0)!r}")
-    if state.size is not None and total != "*" and int(total) != state.size:
+    if total != "*" and int(total) != state.size:
         raise RestartFromZero(f"the file's size changed to {total} bytes")
     served = response.headers.get("etag")
     if state.etag and served and strip_quotes(served) != strip_quotes(state.etag):

@@ -14,6 +14,7 @@ from types import FrameType
 import click
 
 from . import __version__
+from .commands.clean import clean_cache_command
 from .commands.download import download_model_command
 from .commands.preflight import gpu_preflight_command, preflight_command
 from .errors import ExitCode, XtaskError
@@ -28,7 +29,12 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     ctx.obj = {"verbose": verbose}
 
 
-for _command in (download_model_command, preflight_command, gpu_preflight_command):
+for _command in (
+    download_model_command,
+    preflight_command,
+    gpu_preflight_command,
+    clean_cache_command,
+):
     cli.add_command(_command)
 
 

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
+# Nix 2.8 for checking our NAR hashes against `nix hash path`.
+command -v nix >/dev/null 2>&1 || need+=(nix-bin)
 # The real Vulkan loader and Mesa's drivers (lavapipe) for the WebGPU probe's tests.
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need+=(libvulkan1)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ "$(uname -m)" != x86_64 ] \

@@ -1,0 +1,1 @@
+"""Pinned C++ reference sources (llama.cpp, BitNet) and the tools that verify them."""

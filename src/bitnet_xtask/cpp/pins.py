@@ -1,0 +1,124 @@
+"""The pinned C++ references: one JSON file that Python and Nix both read.
+
+`pins.json` names where each reference's exact bytes come from: a PyPI sdist (URL and
+the index's sha256) or a GitHub revision (full commit and the NAR hash of its tree,
+the `hash` that nixpkgs' fetchFromGitHub checks). A hash is never invented: a pin
+whose hash could not be computed carries `"hash": null` and an `unverified` reason,
+and fetching it says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from bitnet_xtask.errors import UsageError
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REV = re.compile(r"^[0-9a-f]{40}$")
+_SRI = re.compile(r"^sha256-[A-Za-z0-9+/]{43}=$")
+
+
+@dataclass(frozen=True)
+class SdistPin:
+    """llama.cpp as vendored inside a pinned PyPI sdist."""
+
+    name: str
+    package: str
+    version: str
+    url: str
+    sha256: str
+    subdir: str
+    upstream: dict[str, str]
+
+
+@dataclass(frozen=True)
+class GithubPin:
+    """A GitHub repository at a full commit, with the NAR hash of its tree."""
+
+    name: str
+    owner: str
+    repo: str
+    rev: str
+    hash: str | None
+    unverified: str | None = None
+    submodules: dict[str, GithubPin] = field(default_factory=dict)
+
+    @property
+    def tarball_url(self) -> str:
+        """GitHub's archive of the commit (what fetchFromGitHub downloads)."""
+        return f"https://github.com/{self.owner}/{self.repo}/archive/{self.rev}.tar.gz"
+
+
+Pin = SdistPin | GithubPin
+
+
+def _bad(name: str, what: str) -> UsageError:
+    return UsageError(f"pins.json: {name}: {what}", "fix the pin (or regenerate it)")
+
+
+def _github(name: str, data: dict[str, Any]) -> GithubPin:
+    rev, sri = data.get("rev", ""), data.get("hash")
+    if not _REV.match(rev):
+        raise _bad(name, f"rev must be a full 40-hex commit, got {rev!r}")
+    if sri is None and not data.get("unverified"):
+        raise _bad(name, "a null hash needs an `unverified` reason")
+    if sri is not None and not _SRI.match(sri):
+        raise _bad(name, f"hash must be an SRI sha256 (sha256-...=), got {sri!r}")
+    submodules = {
+        path: _github(f"{name}/{path}", sub) for path, sub in data.get("submodules", {}).items()
+    }
+    return GithubPin(
+        name, data["owner"], data["repo"], rev, sri, data.get("unverified"), submodules
+    )
+
+
+def _sdist(name: str, data: dict[str, Any]) -> SdistPin:
+    if not _HEX64.match(data.get("sha256", "")):
+        raise _bad(name, "sha256 must be 64 lowercase hex digits")
+    if not str(data.get("url", "")).startswith("https://"):
+        raise _bad(name, "url must be https")
+    return SdistPin(
+        name,
+        data["package"],
+        data["version"],
+        data["url"],
+        data["sha256"],
+        data["subdir"],
+        dict(data.get("upstream", {})),
+    )
+
+
+def parse_pins(text: str) -> dict[str, Pin]:
+    """Validate and load the pins; every problem names the pin and the field."""
+    try:
+        document = json.loads(text)
+        references: dict[str, dict[str, Any]] = document["references"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"pins.json is not valid: {exc}") from None
+    if document.get("version") != 1:
+        raise UsageError(f"pins.json version {document.get('version')!r} is not supported")
+    pins: dict[str, Pin] = {}
+    for name, data in references.items():
+        try:
+            kind = data["kind"]
+            if kind == "github":
+                pins[name] = _github(name, data)
+            elif kind == "pypi-sdist":
+                pins[name] = _sdist(name, data)
+            else:
+                raise _bad(name, f"unknown kind {kind!r}")
+        except KeyError as exc:
+            raise _bad(name, f"missing field {exc}") from None
+    return pins
+
+
+def load_pins(path: Path | None = None) -> dict[str, Pin]:
+    """The packaged pins.json, or another file."""
+    if path is not None:
+        return parse_pins(path.read_text(encoding="utf-8"))
+    return parse_pins(resources.files(__package__).joinpath("pins.json").read_text("utf-8"))

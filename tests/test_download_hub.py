@@ -422,3 +422,33 @@ def test_existing_file_is_used_with_a_warning_when_the_hub_is_unreachable(
     assert run.code == 0, run.stderr
     assert "could not check for a newer version" in run.stderr
     assert run.events()[-1]["cached"] is True
+
+
+def test_an_expired_cdn_url_is_resolved_again_and_resumed(hf: HFTestServer, xtask: Xtask) -> None:
+    """A 403 from the CDN on a resume: back through the hub for a fresh signed URL."""
+    data = payload(2_000_000, seed=18)
+    hf.add_file(REPO, NAME, data)
+    hf.set_token("hf_tokenForTheHubOnly", gated_repos={REPO})
+    env = xtask.env(HF_TOKEN="hf_tokenForTheHubOnly")
+    hf.set_faults(REPO, NAME, Faults(drop_at=[700_000]))
+    first = xtask.download(hf.hub_url, "--file", NAME, "--retries", "0", env=env)
+    assert first.code == 14 and xtask.target(NAME + ".part").exists()
+    hf.set_faults(REPO, NAME, Faults(cdn_status_sequence=[(403, {})]))
+    hf.clear_log()
+    run = xtask.download(hf.hub_url, "--file", NAME, env=env)
+    assert run.code == 0, run.stderr
+    assert xtask.target(NAME).read_bytes() == data
+    (retry,) = [e for e in run.events() if e["phase"] == "retry"]
+    assert "403 from the CDN" in retry["msg"] and retry["offset"] == 700_000
+    assert cdn_gets(hf) == ["bytes=700000-1999999", "bytes=700000-1999999"]
+    hub_gets = [r for r in hf.requests if r.server == "hub" and r.method == "GET"]
+    assert len(hub_gets) == 2  # each attempt resolved through the hub again
+    assert all("authorization" not in r.headers for r in hf.requests if r.server == "cdn")
+
+
+def test_a_failed_first_download_leaves_no_empty_directories(
+    hf: HFTestServer, xtask: Xtask
+) -> None:
+    run = xtask.download("http://127.0.0.1:9", "--file", NAME, "--retries", "0")
+    assert run.code == 14
+    assert not xtask.out.exists()

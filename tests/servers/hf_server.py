@@ -91,6 +91,9 @@ class Faults:
     #: Next GET/HEAD resolves of this file on the hub get these statuses (+ extra headers), one
     #: per request, before the hub behaves normally again, e.g. ``(429, {"Retry-After": "1"})``.
     status_sequence: list[tuple[int, dict[str, str]]] = field(default_factory=list)
+    #: Next GETs of this file on the CDN (HEADs pass): e.g. ``(403, {})`` for a signed URL
+    #: that expired mid-download.
+    cdn_status_sequence: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     #: One entry per body-bearing GET: abort the connection once the stream reaches this absolute
     #: file offset (bytes before it are flushed; ``d <= start`` means no body byte at all).
     drop_at: list[int] = field(default_factory=list)
@@ -510,6 +513,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error_json(404, "Not Found")
             return
         version, fh = opened
+        injected = (
+            self._hf.next_injected_status(version.owner, "cdn") if self.command == "GET" else None
+        )
+        if injected is not None:
+            fh.close()
+            status, extra = injected
+            body = json.dumps({"error": f"injected status {status}"}).encode()
+            self._send_simple(
+                status, list(extra.items()), body, content_type="application/json; charset=utf-8"
+            )
+            return
         weak = self._hf.faults_snapshot(version.owner).weak_etag
         etag = f'{"W/" if weak else ""}"{version.sha256[:32]}"'
         with fh:
@@ -837,13 +851,17 @@ class HFTestServer:
             return None
         return self.root.joinpath(*repo_parts, *parts)
 
-    def next_injected_status(self, key: _Key) -> tuple[int, dict[str, str]] | None:
-        """Consume the next entry of ``status_sequence`` for this file, if any."""
+    def next_injected_status(
+        self, key: _Key, server: _Role = "hub"
+    ) -> tuple[int, dict[str, str]] | None:
+        """Consume the next injected status of this file on `server`, if any."""
         with self._lock:
             state = self._files.get(key)
-            if state is None or not state.faults.status_sequence:
+            if state is None:
                 return None
-            return state.faults.status_sequence.pop(0)
+            faults = state.faults
+            sequence = faults.status_sequence if server == "hub" else faults.cdn_status_sequence
+            return sequence.pop(0) if sequence else None
 
     def faults_snapshot(self, key: _Key) -> Faults:
         """A copy of the file's remaining faults (for read-only decisions)."""

@@ -470,8 +470,19 @@ def _save_quietly(part: PartFile) -> None:
 
 
 def _download_one(job: _Job) -> DownloadResult:
+    """Run one file's download; a directory it created is removed again if left empty."""
+    created = [p for p in (job.target.directory, *job.target.directory.parents) if not p.exists()]
+    job.target.directory.mkdir(parents=True, exist_ok=True)
+    try:
+        return _download_locked(job)
+    finally:
+        for directory in created:  # deepest first
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only succeeds when empty
+
+
+def _download_locked(job: _Job) -> DownloadResult:
     target, options = job.target, job.options
-    target.directory.mkdir(parents=True, exist_ok=True)
     lock = FileLock(target.lock, options.lock_timeout, on_wait=job.reporter.info)
     with lock.held():
         if lock.took_over:

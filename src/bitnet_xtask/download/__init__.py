@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         FileSpec,
         download_files,
         download_model,
+        download_url,
         plan_download,
     )
     from .manifest import read_manifest
@@ -30,6 +31,7 @@ _LAZY = {
     "FileSpec": "api",
     "download_files": "api",
     "download_model": "api",
+    "download_url": "api",
     "plan_download": "api",
     "read_manifest": "manifest",
 }
@@ -43,6 +45,7 @@ __all__ = [
     "FileSpec",
     "download_files",
     "download_model",
+    "download_url",
     "plan_download",
     "read_manifest",
 ]

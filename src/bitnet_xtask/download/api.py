@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -547,6 +548,38 @@ def download_model(
     """Download one file; `options` are the fields of `DownloadOptions`."""
     opts = DownloadOptions(repo_id=repo_id, **options)  # type: ignore[arg-type]
     return download_files([FileSpec(filename, sha256)], opts, reporter)[0]
+
+
+def download_url(
+    url: str,
+    directory: Path,
+    *,
+    filename: str | None = None,
+    sha256: str | None = None,
+    reporter: Reporter | None = None,
+    **options: object,
+) -> DownloadResult:
+    """Any http(s) URL into `directory`, with every guarantee of `download_model`
+    (resume, verification, lock, durability); no token is sent and no HF cache is used.
+
+    fetch-cpp uses it for source tarballs; `options` are `DownloadOptions` fields.
+    """
+    parts = urlsplit(url)
+    opts = DownloadOptions(
+        base_url=f"{parts.scheme}://{parts.netloc}",
+        token="",
+        use_hf_cache=False,
+        **options,  # type: ignore[arg-type]
+    )
+    reporter = reporter or NullReporter()
+    spec = FileSpec(filename or unquote(parts.path.rsplit("/", 1)[-1]), sha256)
+    job = _Job(
+        spec, opts, _client(opts, reporter), reporter, Target(directory, leaf_name(spec.path)), url
+    )
+    try:
+        return _download_one(job)
+    finally:
+        job.session.close()
 
 
 def plan_download(

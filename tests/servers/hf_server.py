@@ -20,8 +20,8 @@ Usable in-process (``with HFTestServer(root) as srv: ...``) or as a subprocess::
     python tests/servers/hf_server.py --root DIR [--port N]
 
 which prints one JSON line ``{"hub": "http://127.0.0.1:P1", "cdn": "http://127.0.0.1:P2"}`` once
-ready and serves until SIGTERM/SIGINT.  Only the standard library is used, so the subprocess form
-works in any interpreter.
+ready and serves until SIGTERM/SIGINT.  Only the standard library is used (here and in the sibling
+``process.py``), so the subprocess form works in any interpreter.
 """
 
 from __future__ import annotations
@@ -51,8 +51,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import BinaryIO, Literal, TypeAlias
+
+if __package__:
+    from .process import ServerContext
+else:  # run as a script (see above): no parent package, but tests/servers is on sys.path
+    from process import ServerContext  # type: ignore[import-not-found, no-redef]
 
 __all__ = ["COMMIT", "Faults", "HFTestServer", "RecordedRequest", "main"]
 
@@ -616,7 +621,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._abort()
 
 
-class HFTestServer:
+class HFTestServer(ServerContext):
     """Hub + CDN pair over one shared state; see the module docstring for the protocol.
 
     ``root`` holds repositories as ``root/<org>/<repo>/<path within repo>``; files may be put
@@ -694,17 +699,6 @@ class HFTestServer:
         if self._store_dir is not None:
             shutil.rmtree(self._store_dir, ignore_errors=True)
             self._store_dir = None
-
-    def __enter__(self) -> HFTestServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def hub_url(self) -> str:

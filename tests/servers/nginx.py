@@ -18,13 +18,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, ClassVar
+
+from .process import ProcessServer, spawn, tail, wait_for_port
 
 __all__ = ["NginxServer", "nginx_available"]
 
@@ -32,7 +32,6 @@ __all__ = ["NginxServer", "nginx_available"]
 _NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
 _START_TIMEOUT_S = 15.0  # nginx itself retries a busy port for ~2.5 s before giving up
-_START_ATTEMPTS = 3
 _RATE_RE = re.compile(r"^[0-9]+[kKmMgG]?$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
@@ -76,22 +75,6 @@ def nginx_available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    """Ask the kernel for a free port; racy by nature, hence the retry loop in ``start``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 def _check_text(value: str, what: str) -> None:
     if _CONTROL_RE.search(value):
         raise ValueError(f"{what} must not contain control characters: {value!r}")
@@ -120,16 +103,8 @@ def _quote_value(value: str, what: str) -> str:
     return '"' + escaped + '"'
 
 
-def _tail(path: Path, limit: int = 4000) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return text[-limit:]
-
-
 @dataclass
-class NginxServer:
+class NginxServer(ProcessServer):
     """An nginx serving ``root`` on 127.0.0.1 at a free port, configured entirely in ``workdir``.
 
     ``rate_limit`` (an nginx size such as ``"2m"``) exposes the same files under ``/limited/``
@@ -139,13 +114,20 @@ class NginxServer:
     header named ``ETag`` replaces nginx's own ETag for that path.
     """
 
+    # Graceful quit first (lets workers finish), then fast shutdown, then SIGKILL for the group.
+    _STOP_SIGNALS: ClassVar[tuple[tuple[signal.Signals, float], ...]] = (
+        (signal.SIGQUIT, 3.0),
+        (signal.SIGTERM, 5.0),
+    )
+    _BIND_FAILURE: ClassVar[str] = "Address already in use"
+
     root: Path
     workdir: Path
     rate_limit: str | None = None
     hf_headers: dict[str, dict[str, str]] = field(default_factory=dict)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _port: int | None = field(default=None, init=False, repr=False)
-    _stderr: IO[bytes] | None = field(default=None, init=False, repr=False)
+    _output: IO[bytes] | None = field(default=None, init=False, repr=False)  # nginx.stderr.log
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -173,20 +155,6 @@ class NginxServer:
     def stderr_path(self) -> Path:
         """nginx's own stderr: config errors found before error_log is opened land here."""
         return self.workdir / "nginx.stderr.log"
-
-    # -- addresses -----------------------------------------------------------------------------
-
-    @property
-    def port(self) -> int:
-        """The listening port; only known once started."""
-        if self._port is None:
-            raise RuntimeError("NginxServer is not started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Base URL without a trailing slash, e.g. ``http://127.0.0.1:40123``."""
-        return f"http://127.0.0.1:{self.port}"
 
     # -- config --------------------------------------------------------------------------------
 
@@ -274,94 +242,45 @@ class NginxServer:
         if not self.root.is_dir():
             raise FileNotFoundError(f"document root {self.root} is not a directory")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._start_on_free_port(
+            binary, f"nginx did not start (conf {self.conf_path}); output and error.log tail:\n"
+        )
+        return self
 
-        failure = ""
-        for _attempt in range(_START_ATTEMPTS):
-            port = _free_port()
-            self.conf_path.write_text(self.render_config(port), encoding="utf-8")
-            for stale in (self.pid_path, self.error_log_path, self.stderr_path):
-                stale.unlink(missing_ok=True)
-            stderr = self.stderr_path.open("wb")
-            proc = subprocess.Popen(
-                [
-                    binary,
-                    "-c",
-                    str(self.conf_path.resolve()),
-                    "-p",
-                    str(self.workdir.resolve()) + "/",
-                    "-g",
-                    "daemon off;",
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                start_new_session=True,  # own process group: stop() can reap stray workers
-            )
-            if self._wait_ready(proc, port):
-                self._proc, self._port, self._stderr = proc, port, stderr
-                return self
-            self._terminate(proc)
-            stderr.close()
-            failure = _tail(self.stderr_path) + _tail(self.error_log_path)
-            if "Address already in use" not in failure:
-                break  # a real configuration / permission problem: retrying will not help
-        raise RuntimeError(
-            f"nginx did not start (conf {self.conf_path}); output and error.log tail:\n{failure}"
+    def _spawn(self, binary: str, port: int) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+        self.conf_path.write_text(self.render_config(port), encoding="utf-8")
+        for stale in (self.pid_path, self.error_log_path, self.stderr_path):
+            stale.unlink(missing_ok=True)
+        return spawn(
+            [
+                binary,
+                "-c",
+                str(self.conf_path.resolve()),
+                "-p",
+                str(self.workdir.resolve()) + "/",
+                "-g",
+                "daemon off;",
+            ],
+            self.stderr_path,
         )
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], port: int) -> bool:
+    def _ready(self, proc: subprocess.Popen[bytes], port: int) -> bool:
         """True once nginx has bound ``port``: pid file holds its pid and the port answers.
 
         The pid-file check matters: a connect alone could reach some other process that grabbed
-        the port between ``_free_port`` and nginx's bind.
+        the port between ``free_port`` and nginx's bind.
         """
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                return False
-            with contextlib.suppress(OSError):
-                if self.pid_path.read_text().strip() == str(proc.pid) and _port_answers(port):
-                    return True
-            time.sleep(0.02)
-        return False
 
-    @staticmethod
-    def _terminate(proc: subprocess.Popen[bytes]) -> None:
-        """Graceful quit, then fast shutdown, then SIGKILL for the whole process group."""
-        for sig, grace in ((signal.SIGQUIT, 3.0), (signal.SIGTERM, 5.0)):
-            if proc.poll() is not None:
-                return
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
+        def pid_file_is_ours() -> bool:
             try:
-                proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                continue
-            return
-        # The master is still unreaped here, so its pid (= pgid) cannot have been reused.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+                return self.pid_path.read_text().strip() == str(proc.pid)
+            except OSError:
+                return False
 
-    def stop(self) -> None:
-        """Stop nginx if running; safe to call twice.  Logs and config stay for inspection."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            self._terminate(proc)
-        if self._stderr is not None:
-            self._stderr.close()
-            self._stderr = None
+        return wait_for_port(proc, port, pid_file_is_ours, _START_TIMEOUT_S)
 
-    def __enter__(self) -> NginxServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _failure_output(self) -> str:
+        return tail(self.stderr_path) + tail(self.error_log_path)
 
     # -- observation ---------------------------------------------------------------------------
 

@@ -11,16 +11,13 @@ pid file (no ``PidFile`` directive) and needs nothing under /run or /var/log.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO
+from typing import IO, ClassVar
+
+from .process import ProcessServer, spawn, tail, wait_for_port
 
 __all__ = ["VIA_PROXY_NAME", "TinyProxy", "tinyproxy_available"]
 
@@ -28,7 +25,6 @@ VIA_PROXY_NAME = "xtask-test-proxy"
 
 _CANDIDATES = ("/usr/bin/tinyproxy", "/usr/sbin/tinyproxy", "/usr/local/bin/tinyproxy")
 _START_TIMEOUT_S = 10.0
-_START_ATTEMPTS = 3
 
 
 def tinyproxy_available() -> str | None:
@@ -42,37 +38,17 @@ def tinyproxy_available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    """Ask the kernel for a free port; racy by nature, hence the retry loop in ``start``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+class TinyProxy(ProcessServer):
+    """tinyproxy listening on 127.0.0.1 at a free port, accepting only local clients.
 
+    ``url`` is the proxy URL for ``proxies=`` / HTTP_PROXY, e.g. ``http://127.0.0.1:40124``.
+    """
 
-def _port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: Path, limit: int = 4000) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")[-limit:]
-    except OSError:
-        return ""
-
-
-class TinyProxy:
-    """tinyproxy listening on 127.0.0.1 at a free port, accepting only local clients."""
+    # tinyproxy's message when it could not bind its port (a lost port race: worth a retry).
+    _BIND_FAILURE: ClassVar[str] = "Could not create listening sockets"
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._port: int | None = None
-        self._output: IO[bytes] | None = None
 
     @property
     def conf_path(self) -> Path:
@@ -88,18 +64,6 @@ class TinyProxy:
     def output_path(self) -> Path:
         """stdout/stderr of the process: config errors before the log opens land here."""
         return self.workdir / "tinyproxy.out"
-
-    @property
-    def port(self) -> int:
-        """The listening port; only known once started."""
-        if self._port is None:
-            raise RuntimeError("TinyProxy is not started")
-        return self._port
-
-    @property
-    def url(self) -> str:
-        """Proxy URL for ``proxies=`` / HTTP_PROXY, e.g. ``http://127.0.0.1:40124``."""
-        return f"http://127.0.0.1:{self.port}"
 
     def render_config(self, port: int) -> str:
         """Return tinyproxy.conf text for ``port``; public so tests can show it when debugging."""
@@ -133,76 +97,25 @@ class TinyProxy:
         if binary is None:
             raise RuntimeError("tinyproxy binary not found (apt-get install tinyproxy)")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._start_on_free_port(binary, f"tinyproxy did not start (conf {self.conf_path}):\n")
+        return self
 
-        failure = ""
-        for _attempt in range(_START_ATTEMPTS):
-            port = _free_port()
-            self.conf_path.write_text(self.render_config(port), encoding="utf-8")
-            self.log_path.unlink(missing_ok=True)
-            output = self.output_path.open("wb")
-            proc = subprocess.Popen(
-                [binary, "-d", "-c", str(self.conf_path.resolve())],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                start_new_session=True,
-            )
-            if self._wait_ready(proc, port):
-                self._proc, self._port, self._output = proc, port, output
-                return self
-            self._terminate(proc)
-            output.close()
-            failure = _tail(self.output_path) + _tail(self.log_path)
-            if "Could not create listening sockets" not in failure:
-                break  # not a lost port race (tinyproxy's bind-failure message): do not retry
-        raise RuntimeError(f"tinyproxy did not start (conf {self.conf_path}):\n{failure}")
+    def _spawn(self, binary: str, port: int) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+        self.conf_path.write_text(self.render_config(port), encoding="utf-8")
+        self.log_path.unlink(missing_ok=True)
+        return spawn([binary, "-d", "-c", str(self.conf_path.resolve())], self.output_path)
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], port: int) -> bool:
+    def _ready(self, proc: subprocess.Popen[bytes], port: int) -> bool:
         """True once the port answers while our process is alive and says it is accepting.
 
         The log check guards against connecting to some other process that grabbed the port
-        between ``_free_port`` and tinyproxy's bind (tinyproxy then exits, but maybe not yet).
+        between ``free_port`` and tinyproxy's bind (tinyproxy then exits, but maybe not yet).
         """
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                return False
-            if "Accepting connections" in _tail(self.log_path) and _port_answers(port):
-                return proc.poll() is None
-            time.sleep(0.02)
-        return False
 
-    @staticmethod
-    def _terminate(proc: subprocess.Popen[bytes]) -> None:
-        """SIGTERM, then SIGKILL for the process group if it does not exit promptly."""
-        if proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            # Still unreaped, so its pid (= pgid) cannot have been reused.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        def says_accepting() -> bool:
+            return "Accepting connections" in tail(self.log_path)
 
-    def stop(self) -> None:
-        """Stop tinyproxy if running; safe to call twice.  Config and log stay for inspection."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            self._terminate(proc)
-        if self._output is not None:
-            self._output.close()
-            self._output = None
+        return wait_for_port(proc, port, says_accepting, _START_TIMEOUT_S) and proc.poll() is None
 
-    def __enter__(self) -> TinyProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _failure_output(self) -> str:
+        return tail(self.output_path) + tail(self.log_path)

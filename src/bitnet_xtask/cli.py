@@ -16,6 +16,7 @@ import click
 from . import __version__
 from .commands.clean import clean_cache_command
 from .commands.download import download_model_command
+from .commands.fetch_cpp import fetch_cpp_command
 from .commands.preflight import gpu_preflight_command, preflight_command
 from .errors import ExitCode, XtaskError
 
@@ -34,6 +35,7 @@ for _command in (
     preflight_command,
     gpu_preflight_command,
     clean_cache_command,
+    fetch_cpp_command,
 ):
     cli.add_command(_command)
 

@@ -1,0 +1,372 @@
+"""`build_reference()`: fetch, verify and build a pinned C++ reference, idempotently.
+
+Layout, per reference, revision and backend, under `$XDG_CACHE_HOME/bitnet_cpp/`:
+
+```
+<ref>-<rev>-<backend>/
+  src/            the verified source tree (or a link to --source)
+  build/          CMake + Ninja build directory
+  bin/            the installed binaries and shared libraries
+  build.log       every command and its output
+  receipt.json    only after a successful build: pin, hash, flags, versions, binaries
+  .lock           one builder at a time
+```
+
+The receipt records the inputs that define the build; a second run with the same
+inputs finds it and does nothing. A failed build leaves no receipt, so the next run
+builds again, and the error points at build.log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bitnet_xtask import __version__
+from bitnet_xtask.cache import cpp_cache_root
+from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin, load_pins
+from bitnet_xtask.cpp.source import GITHUB, fetch_source
+from bitnet_xtask.download.store import FileLock, atomic_write_text, ensure_space
+from bitnet_xtask.errors import UsageError, XtaskError
+from bitnet_xtask.events import NullReporter, Reporter
+
+CLI_TARGETS = ("llama-cli", "llama-completion", "llama-simple")
+HARNESS_DIR = Path(__file__).parent / "harness"
+BUILD_SPACE_BYTES = 2 << 30
+RECEIPT_VERSION = 1
+
+
+class BuildError(XtaskError):
+    """CMake or Ninja failed (exit 1); the message points at build.log."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What to build and how; every field that changes the output is in the receipt."""
+
+    ref: str = "llama.cpp"
+    backend: str = "cpu"
+    cuda_archs: tuple[str, ...] = ()
+    native: bool = False
+    jobs: int | None = None
+    force: bool = False
+    clean: bool = False
+    source: Path | None = None
+    extra_cmake: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """Where the build is, and whether this run did anything."""
+
+    directory: Path
+    receipt: dict[str, Any]
+    built: bool
+
+    @property
+    def bin_dir(self) -> Path:
+        """The installed binaries."""
+        return self.directory / "bin"
+
+
+def revision(pin: Pin) -> str:
+    """The short revision that names the build directory."""
+    return pin.rev[:12] if isinstance(pin, GithubPin) else pin.upstream.get("rev", pin.version)
+
+
+def build_tools() -> dict[str, str]:
+    """The pinned CMake and Ninja from PyPI, found next to this interpreter's packages."""
+    found: dict[str, str] = {}
+    try:
+        import cmake
+
+        found["cmake"] = str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
+    except ImportError:
+        pass
+    try:
+        import ninja
+
+        found["ninja"] = str(Path(ninja.BIN_DIR) / "ninja")
+    except ImportError:
+        pass
+    for tool in ("cmake", "ninja"):
+        if tool not in found and (path := shutil.which(tool)):
+            found[tool] = path
+    return found
+
+
+def _compiler(variable: str, names: Sequence[str]) -> str | None:
+    if chosen := os.environ.get(variable):
+        return shutil.which(chosen)
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def check_environment(request: BuildRequest, directory: Path) -> dict[str, str]:
+    """Name the missing piece before any time is spent (makefile-discipline)."""
+    tools = build_tools()
+    missing = [tool for tool in ("cmake", "ninja") if tool not in tools]
+    cc = _compiler("CC", ("cc", "gcc", "clang"))
+    cxx = _compiler("CXX", ("c++", "g++", "clang++"))
+    if cc is None:
+        missing.append("a C compiler (cc/gcc/clang, or $CC)")
+    else:
+        tools["cc"] = cc
+    if cxx is None:
+        missing.append("a C++ compiler (c++/g++/clang++, or $CXX)")
+    else:
+        tools["cxx"] = cxx
+    if request.backend == "cuda":
+        if nvcc := shutil.which("nvcc"):
+            tools["nvcc"] = nvcc
+        else:
+            missing.append("nvcc (the CUDA toolkit) for --backend cuda")
+    if missing:
+        raise UsageError(
+            "cannot build: missing " + ", ".join(missing),
+            "install it (cmake and ninja come with `pip install bitnet-xtask`)",
+        )
+    ensure_space(directory.parent if not directory.exists() else directory, BUILD_SPACE_BYTES)
+    return tools
+
+
+def _version(tool: str) -> str:
+    try:
+        out = subprocess.run(
+            [tool, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
+    except OSError:
+        return "unknown"
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def cmake_flags(request: BuildRequest) -> list[str]:
+    """Release, reproducible (no -march=native unless asked), only what we need."""
+    flags = [
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DGGML_NATIVE={'ON' if request.native else 'OFF'}",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_SERVER=OFF",
+        "-DBUILD_SHARED_LIBS=ON",
+        # Binaries find their libraries next to themselves, so bin/ works on its own.
+        "-DCMAKE_BUILD_RPATH=$ORIGIN",
+    ]
+    if request.backend == "cuda":
+        flags.append("-DGGML_CUDA=ON")
+        if request.cuda_archs:
+            flags.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(request.cuda_archs)}")
+    return [*flags, *request.extra_cmake]
+
+
+class _Log:
+    """build.log: every command line and its combined output, appended."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def run(self, argv: Sequence[str], cwd: Path | None = None) -> str:
+        with self.path.open("a", encoding="utf-8") as log:
+            log.write(f"\n$ {' '.join(argv)}\n")
+            log.flush()
+            process = subprocess.run(
+                list(argv),
+                cwd=cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                check=False,
+            )
+            log.write(process.stdout)
+        if process.returncode != 0:
+            tail = "\n".join(process.stdout.strip().splitlines()[-15:])
+            raise BuildError(
+                f"`{Path(argv[0]).name} {' '.join(argv[1:3])} ...` failed "
+                f"(exit {process.returncode}):\n{tail}",
+                f"the full log is {self.path}",
+            )
+        return process.stdout
+
+
+def resolve_cli_target(ninja: str, build: Path, log: _Log) -> str:
+    """Tool names move between llama.cpp versions: ask the configured build."""
+    listing = log.run([ninja, "-C", str(build), "-t", "targets", "all"])
+    targets = {line.split(":", 1)[0].strip() for line in listing.splitlines()}
+    for name in CLI_TARGETS:
+        if name in targets:
+            return name
+    raise BuildError(f"no CLI target among {', '.join(CLI_TARGETS)}", f"see {log.path}")
+
+
+def _install(build: Path, bin_dir: Path, executables: dict[Path, str]) -> list[Path]:
+    """Copy the executables (renamed where asked) and the shared libraries (their version
+    symlinks kept as links) to bin/; returns the real files."""
+    if bin_dir.exists():
+        shutil.rmtree(bin_dir)
+    bin_dir.mkdir(parents=True)
+    produced = build / "bin"
+    installed = []
+    for library in sorted(produced.glob("*.so*")):
+        copied = Path(shutil.copy2(library, bin_dir / library.name, follow_symlinks=False))
+        if not copied.is_symlink():
+            installed.append(copied)
+    for source, name in executables.items():
+        installed.append(Path(shutil.copy2(source, bin_dir / name)))
+    return installed
+
+
+def harness_hash() -> str:
+    """The harness's sources are a build input: changing them rebuilds it."""
+    digest = hashlib.sha256()
+    for path in sorted(HARNESS_DIR.iterdir()):
+        if path.suffix in (".cpp", ".txt"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _inputs(pin: Pin, request: BuildRequest, source_hash: str) -> dict[str, Any]:
+    return {
+        "harness": harness_hash(),
+        "ref": request.ref,
+        # Where the bytes were downloaded from is not an input; what they are is.
+        "pin": {k: v for k, v in pin.__dict__.items() if k not in ("submodules", "url")},
+        "source": source_hash,
+        "backend": request.backend,
+        "cmake_flags": cmake_flags(request),
+    }
+
+
+def build_reference(
+    request: BuildRequest,
+    *,
+    pins: dict[str, Pin] | None = None,
+    reporter: Reporter | None = None,
+    github: str | None = None,
+) -> BuildResult:
+    """Fetch, verify and build `request.ref`; a no-op when the receipt matches."""
+    reporter = reporter or NullReporter()
+    pins = pins if pins is not None else load_pins()
+    if request.ref not in pins:
+        raise UsageError(f"unknown reference {request.ref!r}", f"use one of {', '.join(pins)}")
+    pin = pins[request.ref]
+    tag = "local" if request.source else revision(pin)
+    directory = cpp_cache_root() / f"{request.ref}-{tag}-{request.backend}"
+    if request.clean and directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with FileLock(directory / ".lock", timeout=3600, on_wait=reporter.info).held():
+        receipt_path = directory / "receipt.json"
+        source_hash = "sha256:" + pin.sha256 if not isinstance(pin, GithubPin) else str(pin.hash)
+        if request.source:
+            from bitnet_xtask.cpp.nar import nar_hash
+
+            source_hash = nar_hash(request.source)
+        inputs = _inputs(pin, request, source_hash)
+        if receipt_path.is_file() and not request.force:
+            receipt = json.loads(receipt_path.read_text(encoding="utf-8"))
+            if receipt.get("inputs") == inputs:
+                reporter.info(f"{request.ref} is up to date in {directory} (nothing to do)")
+                return BuildResult(directory, receipt, built=False)
+        receipt_path.unlink(missing_ok=True)
+        return _build(request, pin, directory, inputs, reporter, github)
+
+
+def _verified_source(
+    pin: Pin, directory: Path, source_id: str, reporter: Reporter, github: str | None
+) -> Path:
+    """The unpacked, verified tree; kept between builds so a flag change recompiles only
+    what changed (re-extracting would touch every file and rebuild all)."""
+    marker = directory / "src.verified"
+    subdir = pin.subdir if isinstance(pin, SdistPin) else ""
+    tree = directory / "src" / subdir if subdir else directory / "src"
+    if marker.is_file() and marker.read_text(encoding="utf-8") == source_id and tree.is_dir():
+        reporter.info(f"reusing the verified source in {directory / 'src'}")
+        return tree
+    marker.unlink(missing_ok=True)
+    reporter.info(f"fetching {pin.name} ({source_id})")
+    fetched = fetch_source(
+        pin,
+        directory / "src",
+        downloads=directory / "downloads",
+        reporter=reporter,
+        github=github or GITHUB,
+    )
+    atomic_write_text(marker, source_id)
+    return fetched.root
+
+
+def _build(
+    request: BuildRequest,
+    pin: Pin,
+    directory: Path,
+    inputs: dict[str, Any],
+    reporter: Reporter,
+    github: str | None,
+) -> BuildResult:
+    started = time.monotonic()
+    tools = check_environment(request, directory)
+    log = _Log(directory / "build.log")
+    log.path.write_text(f"# bitnet-xtask {__version__} fetch-cpp {request.ref}\n")
+    if request.source:
+        source_root = request.source.resolve()
+    else:
+        source_root = _verified_source(pin, directory, str(inputs["source"]), reporter, github)
+    build = directory / "build"
+    reporter.info(f"configuring {request.ref} with CMake + Ninja (log: {log.path})")
+    log.run(
+        [
+            tools["cmake"], "-S", str(source_root), "-B", str(build), "-G", "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={tools['ninja']}",
+            f"-DCMAKE_C_COMPILER={tools['cc']}", f"-DCMAKE_CXX_COMPILER={tools['cxx']}",
+            *cmake_flags(request),
+        ]
+    )  # fmt: skip
+    cli = resolve_cli_target(tools["ninja"], build, log)
+    jobs = ["-j", str(request.jobs)] if request.jobs else []
+    reporter.info(f"building llama and {cli}")
+    log.run([tools["ninja"], "-C", str(build), *jobs, "llama", cli])
+    harness = directory / "harness-build"
+    reporter.info("building the harness (xtask-logits) against it")
+    log.run(
+        [
+            tools["cmake"], "-S", str(HARNESS_DIR), "-B", str(harness), "-G", "Ninja",
+            f"-DCMAKE_MAKE_PROGRAM={tools['ninja']}",
+            f"-DCMAKE_C_COMPILER={tools['cc']}", f"-DCMAKE_CXX_COMPILER={tools['cxx']}",
+            "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_BUILD_RPATH=$ORIGIN",
+            # For bitnet.cpp this is the BitNet checkout, whose fork needs its headers.
+            f"-DLLAMA_CPP_DIR={source_root}", f"-DLLAMA_BUILD_DIR={build}",
+        ]
+    )  # fmt: skip
+    log.run([tools["ninja"], "-C", str(harness), *jobs])
+    cli_name = "bitnet-llama-cli" if request.ref == "bitnet.cpp" else "llama-cli"
+    installed = _install(
+        build,
+        directory / "bin",
+        {build / "bin" / cli: cli_name, harness / "bin" / "xtask-logits": "xtask-logits"},
+    )
+    from bitnet_xtask.gpu.elf import read_binary
+
+    receipt = {
+        "version": RECEIPT_VERSION,
+        "inputs": inputs,
+        "tool": f"bitnet-xtask {__version__}",
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "host": f"{platform.system()} {platform.machine()}",
+        "compilers": {"cc": _version(tools["cc"]), "cxx": _version(tools["cxx"])},
+        "cmake": _version(tools["cmake"]),
+        "ninja": _version(tools["ninja"]),
+        "cli_target": cli,
+        "binaries": [read_binary(path).to_dict() for path in installed],
+    }
+    atomic_write_text(directory / "receipt.json", json.dumps(receipt, indent=2))
+    reporter.info(f"built {request.ref} in {receipt['wall_seconds']} s: {directory / 'bin'}")
+    return BuildResult(directory, receipt, built=True)

@@ -1,0 +1,597 @@
+// xtask-logits: run one prompt through llama.cpp and dump the logits of every position.
+//
+// bitnet-xtask's crossval compares these files with other implementations, so the
+// program does as little as possible and nothing clever: one batch with logits for all
+// positions, then a greedy (argmax) continuation fed back one token at a time.
+//
+// Only public llama.h calls are used. The same source builds against upstream llama.cpp
+// and against microsoft/BitNet's 2024 fork; CMakeLists.txt probes the header and defines
+// the XTASK_HAVE_* macros that select between the two API generations (namespace api).
+//
+// Output files (DIR = --out):
+//   tokens.json        {"tokens": [...], "n_vocab": V, "n_tokens": N}
+//   logits.f32         N x V float32, row-major, little-endian, no header
+//   continuation.json  {"tokens": [...], "text": "..."}
+// stdout: one JSON summary line. Exit codes: 0 ok, 1 failure, 2 bad arguments.
+
+#include "llama.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#ifndef XTASK_HAVE_VOCAB_API
+#error "build xtask-logits with its CMakeLists.txt: it defines the XTASK_HAVE_* API probes"
+#endif
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// The two llama.h generations, behind one small interface.
+
+namespace api {
+
+#if XTASK_HAVE_VOCAB_API
+using vocab_t = const llama_vocab *;  // Jan 2025 onward: tokenizer calls take the vocab
+inline vocab_t vocab_of(const llama_model * m) { return llama_model_get_vocab(m); }
+inline int32_t n_vocab(vocab_t v) { return llama_vocab_n_tokens(v); }
+inline llama_token bos(vocab_t v) { return llama_vocab_bos(v); }
+inline bool add_bos(vocab_t v) { return llama_vocab_get_add_bos(v); }
+#else
+using vocab_t = const llama_model *;  // 2024 (BitNet's fork): they take the model
+inline vocab_t vocab_of(const llama_model * m) { return m; }
+inline int32_t n_vocab(vocab_t v) { return llama_n_vocab(v); }
+inline llama_token bos(vocab_t v) { return llama_token_bos(v); }
+inline bool add_bos(vocab_t v) { return llama_add_bos_token(v); }
+#endif
+
+inline llama_model * load_model(const char * path, llama_model_params p) {
+#if XTASK_HAVE_MODEL_LOAD_FROM_FILE
+    return llama_model_load_from_file(path, p);
+#else
+    return llama_load_model_from_file(path, p);
+#endif
+}
+
+inline void free_model(llama_model * m) {
+#if XTASK_HAVE_MODEL_LOAD_FROM_FILE
+    llama_model_free(m);
+#else
+    llama_free_model(m);
+#endif
+}
+
+inline llama_context * new_context(llama_model * m, llama_context_params p) {
+#if XTASK_HAVE_INIT_FROM_MODEL
+    return llama_init_from_model(m, p);
+#else
+    return llama_new_context_with_model(m, p);
+#endif
+}
+
+// Identical signatures in both generations apart from vocab_t.
+std::vector<llama_token> tokenize(vocab_t v, const std::string & text) {
+    if (text.size() > INT32_MAX) throw std::runtime_error("prompt too long");
+    const auto len = static_cast<int32_t>(text.size());
+    // parse_special=true: "<s>" in the text is the control token, as in llama-cli.
+    int32_t n = llama_tokenize(v, text.data(), len, nullptr, 0, false, true);
+    if (n == INT32_MIN) throw std::runtime_error("prompt too long to tokenize");
+    std::vector<llama_token> out(static_cast<size_t>(n < 0 ? -n : n));
+    n = llama_tokenize(v, text.data(), len, out.data(), static_cast<int32_t>(out.size()), false, true);
+    if (n < 0) throw std::runtime_error("tokenization failed");
+    out.resize(static_cast<size_t>(n));
+    return out;
+}
+
+std::string piece(vocab_t v, llama_token t) {
+    std::string buf(32, '\0');
+    int32_t n = llama_token_to_piece(v, t, buf.data(), static_cast<int32_t>(buf.size()), 0, false);
+    if (n < 0) {
+        buf.resize(static_cast<size_t>(-n));
+        n = llama_token_to_piece(v, t, buf.data(), static_cast<int32_t>(buf.size()), 0, false);
+        if (n < 0) throw std::runtime_error("llama_token_to_piece failed for token " + std::to_string(t));
+    }
+    buf.resize(static_cast<size_t>(n));
+    return buf;
+}
+
+constexpr const char * generation = XTASK_HAVE_VOCAB_API ? "vocab" : "model";
+
+}  // namespace api
+
+// ---------------------------------------------------------------------------------------
+// Arguments.
+
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+constexpr const char * kUsage =
+    "usage: xtask-logits --model M.gguf (--prompt TEXT | --tokens 1,2,3 | --tokens-file F)\n"
+    "                    --out DIR [--n-predict N] [--threads T] [--n-gpu-layers L]\n"
+    "                    [--no-bos] [--verbose]\n"
+    "\n"
+    "Evaluates all positions in one batch and writes DIR/tokens.json, DIR/logits.f32\n"
+    "(N x n_vocab float32, row-major, little-endian) and DIR/continuation.json (a greedy\n"
+    "continuation of --n-predict tokens, default 16). One JSON summary line on stdout.\n"
+    "\n"
+    "  --prompt TEXT       tokenized by the model; BOS is prepended when the model asks for it\n"
+    "  --tokens LIST       token ids, comma or space separated, used verbatim\n"
+    "  --tokens-file F     the same from a file: a list, or JSON with a \"tokens\" array\n"
+    "                      (so DIR/tokens.json of another run can be fed back)\n"
+    "  --no-bos            never prepend BOS to --prompt\n"
+    "  --threads T         CPU threads (default: all cores)\n"
+    "  --n-gpu-layers L    layers to offload (default 0: CPU only)\n"
+    "  --verbose           pass all llama.cpp log output to stderr (default: errors only)\n"
+    "exit codes: 0 ok, 1 failure, 2 bad arguments\n";
+
+enum class Source { none, prompt, tokens, tokens_file };
+
+struct Options {
+    std::string model, out;
+    Source source = Source::none;
+    std::string input;  // the prompt, the token list, or the token file's path
+    int n_predict = 16;
+    int threads = 0;
+    int n_gpu_layers = 0;
+    bool no_bos = false;
+    bool verbose = false;
+};
+
+long parse_int(const std::string & flag, const std::string & s, long lo, long hi) {
+    char * end = nullptr;
+    errno = 0;
+    const long v = std::strtol(s.c_str(), &end, 10);
+    if (s.empty() || *end != '\0' || errno == ERANGE || v < lo || v > hi) {
+        throw UsageError(flag + " wants an integer in [" + std::to_string(lo) + ", " +
+                         std::to_string(hi) + "], got '" + s + "'");
+    }
+    return v;
+}
+
+Options parse_args(int argc, char ** argv) {
+    Options o;
+    for (int i = 1; i < argc; ++i) {
+        std::string arg = argv[i], value;
+        bool has_value = false;
+        if (const auto eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
+            value = arg.substr(eq + 1);
+            arg.resize(eq);
+            has_value = true;
+        }
+        auto need = [&]() -> std::string {
+            if (has_value) return value;
+            if (i + 1 >= argc) throw UsageError(arg + " needs a value");
+            return argv[++i];
+        };
+        auto set_source = [&](Source s) {
+            if (o.source != Source::none) throw UsageError("give only one of --prompt, --tokens, --tokens-file");
+            o.source = s;
+            o.input = need();
+        };
+        auto flag_only = [&]() {
+            if (has_value) throw UsageError(arg + " takes no value");
+        };
+        if (arg == "--help" || arg == "-h") {
+            std::fputs(kUsage, stdout);
+            std::exit(0);
+        } else if (arg == "--model") {
+            o.model = need();
+        } else if (arg == "--out") {
+            o.out = need();
+        } else if (arg == "--prompt") {
+            set_source(Source::prompt);
+        } else if (arg == "--tokens") {
+            set_source(Source::tokens);
+        } else if (arg == "--tokens-file") {
+            set_source(Source::tokens_file);
+        } else if (arg == "--n-predict") {
+            o.n_predict = static_cast<int>(parse_int(arg, need(), 0, 1 << 20));
+        } else if (arg == "--threads") {
+            o.threads = static_cast<int>(parse_int(arg, need(), 1, 1024));
+        } else if (arg == "--n-gpu-layers") {
+            o.n_gpu_layers = static_cast<int>(parse_int(arg, need(), -1, 1 << 20));
+        } else if (arg == "--no-bos") {
+            flag_only();
+            o.no_bos = true;
+        } else if (arg == "--verbose") {
+            flag_only();
+            o.verbose = true;
+        } else {
+            throw UsageError("unknown argument '" + arg + "'");
+        }
+    }
+    if (o.model.empty()) throw UsageError("--model is required");
+    if (o.out.empty()) throw UsageError("--out is required");
+    if (o.source == Source::none) throw UsageError("give one of --prompt, --tokens, --tokens-file");
+    if (o.threads == 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    return o;
+}
+
+// "1,2,3", "1 2 3" or "[1, 2, 3]". Throws std::runtime_error naming `what`.
+std::vector<llama_token> parse_token_list(std::string_view s, const std::string & what) {
+    std::vector<llama_token> out;
+    size_t i = 0;
+    if (const auto b = s.find_first_not_of(" \t\r\n"); b != std::string_view::npos && s[b] == '[') {
+        const auto e = s.find_last_not_of(" \t\r\n");
+        if (s[e] != ']') throw std::runtime_error(what + ": '[' without a closing ']'");
+        s = s.substr(b + 1, e - b - 1);
+    }
+    while (i < s.size()) {
+        const char c = s[i];
+        if (c == ',' || c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+            ++i;
+        } else if (c >= '0' && c <= '9') {
+            int64_t v = 0;
+            while (i < s.size() && s[i] >= '0' && s[i] <= '9') {
+                v = v * 10 + (s[i++] - '0');
+                if (v > INT32_MAX) throw std::runtime_error(what + ": token id out of range");
+            }
+            out.push_back(static_cast<llama_token>(v));
+        } else {
+            throw std::runtime_error(what + ": unexpected character '" + std::string(1, c) +
+                                     "' (want non-negative integers separated by commas or spaces)");
+        }
+    }
+    return out;
+}
+
+std::string read_file(const std::string & path) {
+    std::FILE * f = std::fopen(path.c_str(), "rb");
+    if (!f) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+    std::string data;
+    char buf[1 << 16];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) data.append(buf, n);
+    const bool failed = std::ferror(f) != 0;
+    std::fclose(f);
+    if (failed) throw std::runtime_error("cannot read " + path);
+    return data;
+}
+
+// A plain list, or a JSON object whose "tokens" member is an array of integers.
+std::vector<llama_token> read_tokens_file(const std::string & path) {
+    const std::string data = read_file(path);
+    const auto first = data.find_first_not_of(" \t\r\n");
+    if (first == std::string::npos || data[first] != '{') return parse_token_list(data, path);
+    const auto key = data.find("\"tokens\"");
+    const auto open = key == std::string::npos ? key : data.find('[', key);
+    const auto close = open == std::string::npos ? open : data.find(']', open);
+    if (close == std::string::npos) throw std::runtime_error(path + ": no \"tokens\": [...] array");
+    return parse_token_list(std::string_view(data).substr(open, close - open + 1), path);
+}
+
+// ---------------------------------------------------------------------------------------
+// Output.
+
+// A JSON string literal. Invalid UTF-8 (a byte-level token can split a character)
+// becomes U+FFFD so the file stays valid JSON; logits and ids are what gets compared.
+std::string json_string(std::string_view s) {
+    std::string out = "\"";
+    for (size_t i = 0; i < s.size();) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        if (c < 0x80) {
+            if (c == '"' || c == '\\') {
+                out += '\\';
+                out += static_cast<char>(c);
+            } else if (c < 0x20) {
+                char esc[8];
+                std::snprintf(esc, sizeof esc, "\\u%04x", c);
+                out += esc;
+            } else {
+                out += static_cast<char>(c);
+            }
+            ++i;
+            continue;
+        }
+        // Length and smallest code point of a well-formed sequence starting with c.
+        const size_t len = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 0;
+        uint32_t cp = len == 4 ? (c & 0x07u) : len == 3 ? (c & 0x0Fu) : (c & 0x1Fu);
+        bool ok = len != 0 && i + len <= s.size();
+        for (size_t k = 1; ok && k < len; ++k) {
+            const auto cc = static_cast<unsigned char>(s[i + k]);
+            ok = (cc & 0xC0) == 0x80;
+            cp = (cp << 6) | (cc & 0x3Fu);
+        }
+        const uint32_t min_cp = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
+        ok = ok && cp >= min_cp && cp <= 0x10FFFF && !(cp >= 0xD800 && cp <= 0xDFFF);
+        if (ok) {
+            out.append(s.substr(i, len));
+            i += len;
+        } else {
+            out += "\xEF\xBF\xBD";
+            ++i;
+        }
+    }
+    return out + "\"";
+}
+
+std::string json_ints(const std::vector<llama_token> & v) {
+    std::string out = "[";
+    for (size_t i = 0; i < v.size(); ++i) {
+        if (i) out += ", ";
+        out += std::to_string(v[i]);
+    }
+    return out + "]";
+}
+
+// Writes through a temporary file and renames, so a reader never sees half a file.
+class AtomicFile {
+  public:
+    explicit AtomicFile(fs::path path) : path_(std::move(path)), tmp_(path_) {
+        tmp_ += ".tmp";
+        f_ = std::fopen(tmp_.string().c_str(), "wb");
+        if (!f_) throw std::runtime_error("cannot create " + tmp_.string() + ": " + std::strerror(errno));
+    }
+    AtomicFile(const AtomicFile &) = delete;
+    AtomicFile & operator=(const AtomicFile &) = delete;
+    ~AtomicFile() {
+        if (f_) {  // not committed: an error is on its way out
+            std::fclose(f_);
+            std::error_code ec;
+            fs::remove(tmp_, ec);
+        }
+    }
+    void write(const void * data, size_t n) {
+        if (std::fwrite(data, 1, n, f_) != n) fail();
+    }
+    void write(const std::string & s) { write(s.data(), s.size()); }
+    void commit() {
+        const bool ok = std::fflush(f_) == 0 && std::ferror(f_) == 0;
+        const int rc = std::fclose(f_);
+        f_ = nullptr;
+        if (!ok || rc != 0) fail();
+        fs::rename(tmp_, path_);
+    }
+
+  private:
+    [[noreturn]] void fail() {
+        throw std::runtime_error("cannot write " + tmp_.string() + ": " + std::strerror(errno));
+    }
+    fs::path path_, tmp_;
+    std::FILE * f_ = nullptr;
+};
+
+bool host_is_little_endian() {
+    const uint32_t one = 1;
+    unsigned char b;
+    std::memcpy(&b, &one, 1);
+    return b == 1;
+}
+
+// ---------------------------------------------------------------------------------------
+// llama.cpp glue.
+
+struct LogFilter {
+    bool verbose = false;
+    bool showing = false;  // whether the message a CONT line continues was shown
+};
+
+void log_callback(ggml_log_level level, const char * text, void * user) {
+    auto * f = static_cast<LogFilter *>(user);
+    // Compare names, not numbers: the enum's values changed between the generations.
+    if (level != GGML_LOG_LEVEL_CONT) f->showing = f->verbose || level == GGML_LOG_LEVEL_ERROR;
+    if (f->showing) std::fputs(text, stderr);
+}
+
+struct BackendGuard {
+    BackendGuard() { llama_backend_init(); }
+    ~BackendGuard() { llama_backend_free(); }
+    BackendGuard(const BackendGuard &) = delete;
+    BackendGuard & operator=(const BackendGuard &) = delete;
+};
+
+struct ModelDeleter {
+    void operator()(llama_model * m) const { api::free_model(m); }
+};
+struct ContextDeleter {
+    void operator()(llama_context * c) const { llama_free(c); }
+};
+
+class Batch {
+  public:
+    explicit Batch(int32_t capacity) : b_(llama_batch_init(capacity, 0, 1)), capacity_(capacity) {}
+    ~Batch() { llama_batch_free(b_); }
+    Batch(const Batch &) = delete;
+    Batch & operator=(const Batch &) = delete;
+
+    // One sequence (id 0) at positions pos0, pos0+1, ...; logits for every token or the last.
+    const llama_batch & fill(const llama_token * tokens, int32_t n, llama_pos pos0, bool all_logits) {
+        if (n > capacity_) throw std::logic_error("batch overflow");
+        b_.n_tokens = n;
+        for (int32_t i = 0; i < n; ++i) {
+            b_.token[i] = tokens[i];
+            b_.pos[i] = pos0 + i;
+            b_.n_seq_id[i] = 1;
+            b_.seq_id[i][0] = 0;
+            b_.logits[i] = all_logits || i == n - 1;
+        }
+        return b_;
+    }
+
+  private:
+    llama_batch b_;
+    int32_t capacity_;
+};
+
+void decode(llama_context * ctx, const llama_batch & batch, const char * what) {
+    if (const int32_t rc = llama_decode(ctx, batch); rc != 0) {
+        throw std::runtime_error(std::string("llama_decode failed (") + what + ", rc=" +
+                                 std::to_string(rc) + ")");
+    }
+}
+
+const float * logits_row(llama_context * ctx, int32_t i) {
+    const float * row = llama_get_logits_ith(ctx, i);
+    if (!row) throw std::runtime_error("llama.cpp returned no logits for batch index " + std::to_string(i));
+    return row;
+}
+
+// First maximum wins, as numpy.argmax does, so ties resolve the same everywhere.
+llama_token argmax(const float * row, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; ++i) {
+        if (row[i] > row[best]) best = i;
+    }
+    return best;
+}
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string fixed(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3f", v);
+    return buf;
+}
+
+// ---------------------------------------------------------------------------------------
+
+int run(int argc, char ** argv) {
+    const Options opt = parse_args(argc, argv);
+
+    // Read the inputs before the slow model load, so bad input fails fast.
+    std::vector<llama_token> tokens;
+    if (opt.source == Source::tokens) tokens = parse_token_list(opt.input, "--tokens");
+    if (opt.source == Source::tokens_file) tokens = read_tokens_file(opt.input);
+    if (!fs::is_regular_file(opt.model)) throw std::runtime_error("model file not found: " + opt.model);
+
+    LogFilter log_filter;
+    log_filter.verbose = opt.verbose;
+    llama_log_set(log_callback, &log_filter);
+    BackendGuard backend;
+
+    auto t0 = std::chrono::steady_clock::now();
+    llama_model_params mparams = llama_model_default_params();
+    mparams.n_gpu_layers = opt.n_gpu_layers;  // explicit: newer defaults offload everything
+    std::unique_ptr<llama_model, ModelDeleter> model(api::load_model(opt.model.c_str(), mparams));
+    if (!model) throw std::runtime_error("cannot load model " + opt.model + " (rerun with --verbose)");
+    const double load_ms = ms_since(t0);
+
+    const api::vocab_t vocab = api::vocab_of(model.get());
+    const int32_t n_vocab = api::n_vocab(vocab);
+    bool bos_added = false;
+    if (opt.source == Source::prompt) {
+        tokens = api::tokenize(vocab, opt.input);
+        const llama_token bos = api::bos(vocab);
+        if (!opt.no_bos && api::add_bos(vocab) && bos != LLAMA_TOKEN_NULL) {
+            tokens.insert(tokens.begin(), bos);
+            bos_added = true;
+        }
+    }
+    if (tokens.empty()) throw std::runtime_error("nothing to evaluate: the input has no tokens");
+    for (const llama_token t : tokens) {
+        if (t < 0 || t >= n_vocab) {
+            throw std::runtime_error("token id " + std::to_string(t) + " is outside the vocabulary (n_vocab " +
+                                     std::to_string(n_vocab) + ")");
+        }
+    }
+    const auto n_tokens = static_cast<int32_t>(tokens.size());
+
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx = static_cast<uint32_t>(n_tokens + opt.n_predict);
+    cparams.n_batch = static_cast<uint32_t>(n_tokens);   // the prompt is one llama_decode call ...
+    cparams.n_ubatch = static_cast<uint32_t>(n_tokens);  // ... and one compute graph
+    cparams.n_seq_max = 1;
+    cparams.n_threads = opt.threads;
+    cparams.n_threads_batch = opt.threads;
+#if XTASK_HAVE_OP_OFFLOAD
+    if (opt.n_gpu_layers == 0) cparams.op_offload = false;  // CPU only means CPU only
+#endif
+    std::unique_ptr<llama_context, ContextDeleter> ctx(api::new_context(model.get(), cparams));
+    if (!ctx) throw std::runtime_error("cannot create a llama context (rerun with --verbose)");
+
+    // 1. Every position in one batch; logits for all of them.
+    t0 = std::chrono::steady_clock::now();
+    Batch batch(n_tokens);
+    decode(ctx.get(), batch.fill(tokens.data(), n_tokens, 0, true), "prompt");
+
+    std::error_code ec;
+    fs::create_directories(opt.out, ec);
+    if (ec) throw std::runtime_error("cannot create " + opt.out + ": " + ec.message());
+    const fs::path out_dir(opt.out);
+
+    AtomicFile logits_file(out_dir / "logits.f32");
+    const bool swap = !host_is_little_endian();
+    std::vector<float> be_row(swap ? static_cast<size_t>(n_vocab) : 0);
+    llama_token next = 0;
+    for (int32_t i = 0; i < n_tokens; ++i) {
+        const float * row = logits_row(ctx.get(), i);
+        if (i == n_tokens - 1) next = argmax(row, n_vocab);
+        if (swap) {
+            for (int32_t j = 0; j < n_vocab; ++j) {
+                uint32_t u;
+                std::memcpy(&u, &row[j], 4);
+                u = (u >> 24) | ((u >> 8) & 0xFF00u) | ((u << 8) & 0xFF0000u) | (u << 24);
+                std::memcpy(&be_row[static_cast<size_t>(j)], &u, 4);
+            }
+            row = be_row.data();
+        }
+        logits_file.write(row, sizeof(float) * static_cast<size_t>(n_vocab));
+    }
+    const double eval_ms = ms_since(t0);
+
+    // 2. Greedy continuation: each argmax is fed back as a one-token batch.
+    t0 = std::chrono::steady_clock::now();
+    std::vector<llama_token> continuation;
+    std::string text;
+    for (int32_t k = 0; k < opt.n_predict; ++k) {
+        continuation.push_back(next);
+        text += api::piece(vocab, next);
+        if (k + 1 == opt.n_predict) break;
+        decode(ctx.get(), batch.fill(&next, 1, n_tokens + k, true), "continuation");
+        next = argmax(logits_row(ctx.get(), 0), n_vocab);
+    }
+    const double gen_ms = ms_since(t0);
+
+    AtomicFile tokens_file(out_dir / "tokens.json");
+    tokens_file.write("{\"tokens\": " + json_ints(tokens) + ", \"n_vocab\": " + std::to_string(n_vocab) +
+                      ", \"n_tokens\": " + std::to_string(n_tokens) + "}\n");
+    AtomicFile cont_file(out_dir / "continuation.json");
+    cont_file.write("{\"tokens\": " + json_ints(continuation) + ", \"text\": " + json_string(text) + "}\n");
+    logits_file.commit();
+    tokens_file.commit();
+    cont_file.commit();
+
+    std::printf(
+        "{\"ok\": true, \"model\": %s, \"out\": %s, \"n_tokens\": %d, \"n_vocab\": %d, \"bos_added\": %s, "
+        "\"n_predict\": %d, \"continuation\": %s, \"threads\": %d, \"n_gpu_layers\": %d, "
+        "\"llama_api\": \"%s\", \"load_ms\": %s, \"eval_ms\": %s, \"gen_ms\": %s}\n",
+        json_string(opt.model).c_str(), json_string(opt.out).c_str(), n_tokens, n_vocab,
+        bos_added ? "true" : "false", opt.n_predict, json_ints(continuation).c_str(), opt.threads,
+        opt.n_gpu_layers, api::generation, fixed(load_ms).c_str(), fixed(eval_ms).c_str(),
+        fixed(gen_ms).c_str());
+    return std::fflush(stdout) == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char ** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const UsageError & e) {
+        std::fprintf(stderr, "xtask-logits: %s\n(xtask-logits --help shows the usage)\n", e.what());
+        return 2;
+    } catch (const std::exception & e) {
+        std::fprintf(stderr, "xtask-logits: error: %s\n", e.what());
+        return 1;
+    } catch (...) {
+        std::fprintf(stderr, "xtask-logits: error: unknown failure\n");
+        return 1;
+    }
+}

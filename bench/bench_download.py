@@ -593,6 +593,31 @@ def curl_peer(url: str, work: Path) -> Peer:
     )
 
 
+def xtask_peer(base_url: str, hosted: Hosted, env: dict[str, str], *extra: str) -> Peer:
+    """`xtask download-model --sha256` of the hosted file, plus `extra` flags."""
+    return Peer(
+        XTASK,
+        lambda d: [
+            *xtask_argv(),
+            "download-model",
+            "--base-url",
+            base_url,
+            "--id",
+            hosted.repo_id,
+            "--file",
+            FILENAME,
+            "--out",
+            str(d),
+            "--sha256",
+            hosted.sha256,
+            "--no-progress",
+            *extra,
+        ],
+        lambda d: d / hosted.repo_id.replace("/", "-") / FILENAME,
+        env,
+    )
+
+
 def scenario_a_peers(
     hosted: Hosted, base_url: str, work: Path
 ) -> tuple[list[Peer], dict[str, str]]:
@@ -603,26 +628,7 @@ def scenario_a_peers(
     url = base_url + hosted.url_path
     xtask_env = base_env(work, "xtask")
     peers = [
-        Peer(
-            XTASK,
-            lambda d: [
-                *xtask_argv(),
-                "download-model",
-                "--base-url",
-                base_url,
-                "--id",
-                hosted.repo_id,
-                "--file",
-                FILENAME,
-                "--out",
-                str(d),
-                "--sha256",
-                hosted.sha256,
-                "--no-progress",
-            ],
-            lambda d: d / hosted.repo_id.replace("/", "-") / FILENAME,
-            xtask_env,
-        ),
+        xtask_peer(base_url, hosted, xtask_env),
         Peer(
             CURL_SHA,
             lambda d: [
@@ -663,27 +669,12 @@ def scenario_b_peers(
     limited_base = base_url + "/limited"
     url = limited_base + hosted.url_path
     peers = [
-        Peer(
-            XTASK,
-            lambda d: [
-                *xtask_argv(),
-                "download-model",
-                "--base-url",
-                limited_base,
-                "--id",
-                hosted.repo_id,
-                "--file",
-                FILENAME,
-                "--out",
-                str(d),
-                "--sha256",
-                hosted.sha256,
-                "--no-progress",
-                "--connections",
-                str(LIMITED_CONNECTIONS),
-            ],
-            lambda d: d / hosted.repo_id.replace("/", "-") / FILENAME,
+        xtask_peer(
+            limited_base,
+            hosted,
             base_env(work, "xtask"),
+            "--connections",
+            str(LIMITED_CONNECTIONS),
         ),
         curl_peer(url, work),
     ]

@@ -47,7 +47,7 @@ def local_pin(nginx: NginxServer, tmp_path_factory: pytest.TempPathFactory) -> S
     else:
         fetched = tmp_path_factory.mktemp("pip")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", PIN.package,
              "-q", "-d", str(fetched), f"{PIN.package}=={PIN.version}"],
             check=True, timeout=900,
         )  # fmt: skip

@@ -46,7 +46,8 @@ class NullReporter:
         """Drop the message."""
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """`1536` -> `1.5 KiB`: sizes as people read them."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -111,7 +112,7 @@ class ConsoleReporter:
         phase = event.get("phase")
         name = event.get("file", "")
         if phase == "start":
-            where = f" (resuming at {_human_bytes(event['start'])})" if event.get("resume") else ""
+            where = f" (resuming at {human_bytes(event['start'])})" if event.get("resume") else ""
             self._line(f"downloading {name} from {event.get('url')}{where}")
             if self._progress:
                 from tqdm import tqdm  # only when a person watches a terminal
@@ -135,17 +136,15 @@ class ConsoleReporter:
             self._close_bar()
             how = "up to date" if event.get("cached") else "saved"
             digest = f", sha256 {event['sha256']}" if event.get("sha256") else ""
-            self._line(
-                f"{how}: {event.get('path')} ({_human_bytes(event.get('bytes', 0))}{digest})"
-            )
+            self._line(f"{how}: {event.get('path')} ({human_bytes(event.get('bytes', 0))}{digest})")
         elif phase == "plan":
             total = event.get("total")
             self._line(
                 f"plan for {event.get('path')}:\n"
                 f"  url:         {event.get('url')}\n"
-                f"  size:        {'unknown' if total is None else _human_bytes(total)}\n"
-                f"  resume at:   {_human_bytes(event.get('start', 0))}\n"
-                f"  free space:  {_human_bytes(event.get('free_bytes', 0))}\n"
+                f"  size:        {'unknown' if total is None else human_bytes(total)}\n"
+                f"  resume at:   {human_bytes(event.get('start', 0))}\n"
+                f"  free space:  {human_bytes(event.get('free_bytes', 0))}\n"
                 f"  connections: {event.get('connections')}\n"
                 f"  commit:      {event.get('commit') or 'unknown'}\n"
                 f"  up to date:  {'yes' if event.get('up_to_date') else 'no'}"

@@ -10,16 +10,7 @@ import click
 from bitnet_xtask.cache import CacheEntry, cache_entries, remove_entries
 from bitnet_xtask.commands.common import reporting
 from bitnet_xtask.errors import UsageError
-from bitnet_xtask.events import ConsoleReporter
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+from bitnet_xtask.events import ConsoleReporter, human_bytes
 
 
 def parse_selection(answer: str, count: int) -> list[int]:
@@ -68,7 +59,7 @@ def clean_cache_command(
             link = " (symlink: only the link is removed)" if entry.is_link else ""
             say(
                 {"phase": "entry", "index": number, **entry.to_dict()},
-                f"{number:>3}  {_human(entry.size):>10}  {entry.name}: {entry.path}{link}",
+                f"{number:>3}  {human_bytes(entry.size):>10}  {entry.name}: {entry.path}{link}",
             )
         if not entries:
             say({"phase": "done", "removed": [], "bytes": 0}, "nothing to clean")
@@ -92,6 +83,6 @@ def clean_cache_command(
         total = sum(entry.size for entry in removed)
         say(
             {"phase": "done", "removed": [str(e.path) for e in removed], "bytes": total},
-            f"removed {len(removed)} of {len(entries)} ({_human(total)})"
+            f"removed {len(removed)} of {len(entries)} ({human_bytes(total)})"
             + (" (dry run)" if dry_run else ""),
         )

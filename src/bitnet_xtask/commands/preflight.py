@@ -13,6 +13,7 @@ from bitnet_xtask.errors import ExitCode
 if TYPE_CHECKING:
     from bitnet_xtask.gpu.detect import RuntimeReport
     from bitnet_xtask.gpu.elf import BinaryFacts
+    from bitnet_xtask.gpu.preflight import PreflightReport
 
 _FORMAT = click.Choice(["text", "json"])
 _NAMES = {"cuda": "CUDA", "rocm": "ROCm", "metal": "Metal", "wgpu": "WebGPU"}
@@ -56,10 +57,10 @@ def _device_lines(report: RuntimeReport) -> list[str]:
     return lines
 
 
-def _compiled_line(binaries: list[BinaryFacts]) -> str:
-    if not binaries:
+def _compiled_line(report: PreflightReport) -> str:
+    if not report.binaries:
         return "unknown (no binary given: pass --binary, or build one with fetch-cpp)"
-    backends = sorted({b for binary in binaries for b in binary.backends} - {"cpu", "blas"})
+    backends = [b for b in report.compiled_backends if b not in ("cpu", "blas")]
     gpu = f"GPU ✓ ({', '.join(backends)})" if backends else "GPU ✗"
     return f"{gpu}, CPU ✓"
 
@@ -96,7 +97,7 @@ def preflight_command(binaries: tuple[Path, ...], fmt: str, probe_timeout: float
     runtime, facts = report.runtime, list(report.binaries)
     text = [
         "Device Capabilities:",
-        f"  Compiled: {_compiled_line(facts)}",
+        f"  Compiled: {_compiled_line(report)}",
         f"  Runtime: {_runtime_line(runtime)}",
         "",
         *(["Binaries:", *(_binary_line(b) for b in facts)] if facts else []),

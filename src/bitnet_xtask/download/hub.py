@@ -24,6 +24,7 @@ from .retry import TransientError, parse_retry_after
 DEFAULT_BASE_URL = "https://huggingface.co"
 MAX_REDIRECTS = 10
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
@@ -111,8 +112,10 @@ class Response:
         size: int | None = None
         if linked := self.hub_headers.get("x-linked-size"):
             size = int(linked)
-        elif self.raw.status_code == 206 and (total := _content_range_total(headers)):
-            size = total
+        elif self.raw.status_code == 206 and (
+            span := parse_content_range(headers.get("content-range"))
+        ):
+            size = span.total
         elif self.raw.status_code == 200 and headers.get("content-length"):
             size = int(headers["content-length"])
         return RemoteFile(
@@ -128,9 +131,22 @@ class Response:
         )
 
 
-def _content_range_total(headers: requests.structures.CaseInsensitiveDict[str]) -> int | None:
-    match = re.match(r"bytes (?:\d+-\d+|\*)/(\d+)", headers.get("content-range", ""))
-    return int(match.group(1)) if match else None
+@dataclass(frozen=True)
+class ContentRange:
+    """A 206's `Content-Range: bytes first-last/total` (total None for `*`)."""
+
+    first: int
+    last: int
+    total: int | None
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """The byte range a 206 says it carries; None when the header is missing or malformed."""
+    match = _CONTENT_RANGE.match((value or "").strip())
+    if not match:
+        return None
+    first, last, total = match.groups()
+    return ContentRange(int(first), int(last), None if total == "*" else int(total))
 
 
 class HubClient:

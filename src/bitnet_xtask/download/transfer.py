@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import urllib3.exceptions
 from bitnet_xtask.errors import NetworkError, XtaskError
 from bitnet_xtask.events import Reporter
 
-from .hub import HubClient, is_strong, redact, strip_quotes
+from .hub import HubClient, is_strong, parse_content_range, redact, strip_quotes
 from .retry import Backoff, StopRequested, TransientError, retrying
 from .store import Chunk, ResumeState, Target, raise_if_no_space, write_state
 
@@ -35,7 +34,6 @@ HASH_READ_SIZE = 4 << 20
 SYNC_EVERY_BYTES = 64 << 20
 SYNC_EVERY_SECONDS = 5.0
 UNKNOWN_END = 1 << 62
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 class RestartFromZero(Exception):
@@ -221,14 +219,14 @@ def _check_partial(response: requests.Response, chunk: Chunk, state: ResumeState
         raise RestartFromZero("the server says the resume offset is past the end of the file")
     if status != 206:
         raise NetworkError(f"unexpected {status} answer to a ranged request")
-    match = _CONTENT_RANGE.match(response.headers.get("content-range", "").strip())
-    if not match:
+    header = response.headers.get("content-range")
+    span = parse_content_range(header)
+    if span is None:
         raise RestartFromZero("206 without a valid Content-Range")
-    first, last, total = match.groups()
-    if int(first) != chunk.done or int(last) != chunk.end - 1:
-        raise RestartFromZero(f"misaligned Content-Range {match.group(0)!r}")
-    if total != "*" and int(total) != state.size:
-        raise RestartFromZero(f"the file's size changed to {total} bytes")
+    if span.first != chunk.done or span.last != chunk.end - 1:
+        raise RestartFromZero(f"misaligned Content-Range {header!r}")
+    if span.total is not None and span.total != state.size:
+        raise RestartFromZero(f"the file's size changed to {span.total} bytes")
     served = response.headers.get("etag")
     if state.etag and served and strip_quotes(served) != strip_quotes(state.etag):
         raise RestartFromZero("the file's ETag changed since the partial download began")

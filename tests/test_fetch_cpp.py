@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -21,7 +22,14 @@ import pytest
 from conftest import Xtask
 from servers.nginx import NginxServer
 
-from bitnet_xtask.cpp.build import BuildError, BuildRequest, BuildResult, build_reference
+from bitnet_xtask.cpp.build import (
+    BuildError,
+    BuildRequest,
+    BuildResult,
+    build_reference,
+    resolve_pin,
+)
+from bitnet_xtask.cpp.nar import nar_hash
 from bitnet_xtask.cpp.pins import SdistPin, load_pins
 from bitnet_xtask.errors import HashMismatchError, UsageError
 
@@ -176,3 +184,79 @@ def test_a_broken_build_points_at_the_log_and_leaves_no_receipt(
     assert str(log) in (err.value.hint or "")
     assert "broken" in log.read_text()
     assert not log.with_name("receipt.json").exists()
+
+
+TAG_HASH_PLACEHOLDER = "sha256-" + "A" * 43 + "="
+
+
+@pytest.fixture
+def tagged(nginx: NginxServer, tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """upstream `ggml-org/llama.cpp` at tag `b9999`, served as GitHub would: a tiny tree
+    whose configure fails at once, so the fetch and verify run for real but no build."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "CMakeLists.txt").write_text('message(FATAL_ERROR "tag b9999 configured")\n')
+    area = Path(nginx.root) / f"gh-{os.getpid()}-{tmp_path.name}"
+    archive = area / "ggml-org" / "llama.cpp" / "archive" / "b9999.tar.gz"
+    archive.parent.mkdir(parents=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="llama.cpp-b9999")
+    try:
+        yield f"{nginx.url}/{area.name}", nar_hash(tree)
+    finally:
+        shutil.rmtree(area, ignore_errors=True)
+
+
+def test_a_tag_is_fetched_from_upstream_and_verified_by_nar_hash(
+    tagged: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    github, real = tagged
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    wrong = BuildRequest(rev="b9999", hash=TAG_HASH_PLACEHOLDER)
+    with pytest.raises(HashMismatchError) as err:
+        build_reference(wrong, github=github)
+    assert TAG_HASH_PLACEHOLDER in err.value.message and real in err.value.message
+    # With the hash the error showed, the tree is verified and handed to CMake.
+    with pytest.raises(BuildError, match="cmake") as failed:
+        build_reference(replace(wrong, hash=real), github=github)
+    directory = tmp_path / "cache" / "bitnet_cpp" / "llama.cpp-b9999-cpu"
+    assert "tag b9999 configured" in (directory / "build.log").read_text()
+    assert (directory / "src.verified").read_text() == real
+    assert str(directory / "build.log") in (failed.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (BuildRequest(hash=TAG_HASH_PLACEHOLDER), "--hash goes with --rev/--tag"),
+        (BuildRequest(rev="b1"), "needs --hash"),
+        (BuildRequest(rev="../x", hash=TAG_HASH_PLACEHOLDER), "not a commit or tag"),
+        (BuildRequest(ref="bitnet.cpp", rev="b1", hash=TAG_HASH_PLACEHOLDER), "submodules"),
+        (BuildRequest(ref="whisper.cpp"), "unknown reference"),
+    ],
+)
+def test_bad_revision_requests_are_refused(request_: BuildRequest, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        resolve_pin(request_, load_pins())
+
+
+def test_a_tag_and_a_rev_together_exit_2(xtask: Xtask) -> None:
+    run = xtask.run("fetch-cpp", "--rev", "abc", "--tag", "b1")
+    assert run.code == 2 and "not both" in run.stderr
+
+
+def test_auto_picks_cuda_from_preflight_and_names_a_missing_nvcc(
+    xtask: Xtask, tmp_path: Path
+) -> None:
+    """`--backend auto` asks the preflight API; without nvcc the CUDA build stops before
+    any download, naming what is missing (a real CUDA build needs a GPU machine)."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("cc", "c++", "gcc", "g++"):
+        if found := shutil.which(tool):
+            (bare / tool).symlink_to(found)
+    env = xtask.env(BITNET_GPU_FAKE="cuda", PATH=str(bare), XDG_CACHE_HOME=str(tmp_path))
+    run = xtask.run("fetch-cpp", "--backend", "auto", env=env)
+    assert run.code == 2, run.stderr
+    assert "nvcc (the CUDA toolkit)" in run.stderr
+    assert not list(tmp_path.glob("bitnet_cpp/*/downloads/*"))

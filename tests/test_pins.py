@@ -24,7 +24,8 @@ def test_packaged_pins() -> None:
     assert isinstance(bitnet, GithubPin) and bitnet.hash and bitnet.hash.startswith("sha256-")
     fork = bitnet.submodules["3rdparty/llama.cpp"]
     assert fork.owner == "Eddie-Wang1120" and len(fork.rev) == 40
-    assert fork.hash is None and fork.unverified  # never an invented hash
+    assert fork.rev == "406a5036f9a8aaee9ec5e96e652f61691340fe95"
+    assert fork.hash == "sha256-XgnckPJt2C6OdbcOkt34grpGzfUNea874ElOIW/Fupk="
     assert bitnet.tarball_url.endswith(f"/microsoft/BitNet/archive/{bitnet.rev}.tar.gz")
 
 
@@ -39,8 +40,8 @@ def _mutated(change: Any) -> str:
     [
         (lambda r: r["bitnet.cpp"].update(rev="c82b5e66"), "full 40-hex commit"),
         (lambda r: r["bitnet.cpp"].update(hash="sha256-short"), "SRI sha256"),
-        (lambda r: r["bitnet.cpp"]["submodules"]["3rdparty/llama.cpp"].pop("unverified"),
-         "needs an `unverified` reason"),
+        (lambda r: r["bitnet.cpp"]["submodules"]["3rdparty/llama.cpp"].update(hash=None),
+         "SRI sha256"),
         (lambda r: r["llama.cpp"].update(sha256="XYZ"), "64 lowercase hex"),
         (lambda r: r["llama.cpp"].update(url="http://x/y.tar.gz"), "https"),
         (lambda r: r["llama.cpp"].update(kind="svn"), "unknown kind"),

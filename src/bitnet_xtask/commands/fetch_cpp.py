@@ -11,19 +11,14 @@ from bitnet_xtask.errors import UsageError
 from bitnet_xtask.events import ConsoleReporter
 
 
-def _cuda_archs_from_preflight() -> tuple[str, ...]:
+def _cuda_from_preflight() -> tuple[bool, tuple[str, ...]]:
+    """Whether preflight sees a CUDA GPU, and the SM architectures of those it sees
+    (empty when it cannot tell: then llama.cpp's default architecture list applies)."""
     from bitnet_xtask.gpu.detect import detect_runtime
 
-    runtime = detect_runtime()
-    return tuple(
-        sorted(
-            {
-                d.compute_capability.replace(".", "")
-                for d in runtime.cuda.devices
-                if d.compute_capability
-            }
-        )
-    )
+    cuda = detect_runtime().cuda
+    archs = {d.compute_capability.replace(".", "") for d in cuda.devices if d.compute_capability}
+    return cuda.available, tuple(sorted(archs))
 
 
 @click.command("fetch-cpp")
@@ -32,6 +27,16 @@ def _cuda_archs_from_preflight() -> tuple[str, ...]:
     type=click.Choice(["llama.cpp", "bitnet.cpp"]),
     default="llama.cpp",
     show_default=True,
+)
+@click.option("--rev", help="Build this commit of the reference's GitHub repository.")
+@click.option("--tag", help="Build this tag of the reference's GitHub repository.")
+@click.option("--hash", "tree_hash", help="The NAR hash (sha256-...=) that --rev/--tag must have.")
+@click.option(
+    "--kernel",
+    type=click.Choice(["i2_s"]),
+    default="i2_s",
+    show_default=True,
+    help="bitnet.cpp's kernel, whose code is generated before CMake.",
 )
 @click.option(
     "--source",
@@ -49,6 +54,10 @@ def _cuda_archs_from_preflight() -> tuple[str, ...]:
 @click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout.")
 def fetch_cpp_command(
     ref: str,
+    rev: str | None,
+    tag: str | None,
+    tree_hash: str | None,
+    kernel: str,
     source: Path | None,
     backend: str,
     cuda_archs: tuple[str, ...],
@@ -63,15 +72,22 @@ def fetch_cpp_command(
     with reporting(reporter):
         from bitnet_xtask.cpp.build import BuildRequest, build_reference
 
+        if rev and tag:
+            raise UsageError("give --rev or --tag, not both")
+        if (rev or tag) and source:
+            raise UsageError("--source builds a local tree: it takes no --rev/--tag")
         if backend == "auto":
-            detected = _cuda_archs_from_preflight()
-            backend = "cuda" if detected else "cpu"
+            has_cuda, detected = _cuda_from_preflight()
+            backend = "cuda" if has_cuda else "cpu"
             cuda_archs = cuda_archs or detected
         if cuda_archs and backend != "cuda":
             raise UsageError("--cuda-arch needs --backend cuda (or auto on a CUDA machine)")
         request = BuildRequest(
             ref=ref,
             backend=backend,
+            rev=rev or tag,
+            hash=tree_hash,
+            kernel=kernel,
             cuda_archs=tuple(cuda_archs),
             native=native,
             jobs=jobs,

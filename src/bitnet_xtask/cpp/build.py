@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -33,12 +34,15 @@ from typing import Any
 
 from bitnet_xtask import __version__
 from bitnet_xtask.cache import cpp_cache_root
-from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin, load_pins
+from bitnet_xtask.cpp import bitnet_kernels
+from bitnet_xtask.cpp.nar import nar_hash
+from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin, is_sri, load_pins
 from bitnet_xtask.cpp.source import GITHUB, fetch_source
 from bitnet_xtask.download.store import FileLock, atomic_write_text, ensure_space
 from bitnet_xtask.errors import UsageError, XtaskError
 from bitnet_xtask.events import NullReporter, Reporter
 
+_REV_OR_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 CLI_TARGETS = ("llama-cli", "llama-completion", "llama-simple")
 HARNESS_DIR = Path(__file__).parent / "harness"
 BUILD_SPACE_BYTES = 2 << 30
@@ -55,6 +59,9 @@ class BuildRequest:
 
     ref: str = "llama.cpp"
     backend: str = "cpu"
+    rev: str | None = None  # a tag or commit of the reference's GitHub repository
+    hash: str | None = None  # the NAR hash that --rev's tree must have
+    kernel: str = "i2_s"  # bitnet.cpp only
     cuda_archs: tuple[str, ...] = ()
     native: bool = False
     jobs: int | None = None
@@ -81,6 +88,38 @@ class BuildResult:
 def revision(pin: Pin) -> str:
     """The short revision that names the build directory."""
     return pin.rev[:12] if isinstance(pin, GithubPin) else pin.upstream.get("rev", pin.version)
+
+
+def resolve_pin(request: BuildRequest, pins: dict[str, Pin]) -> Pin:
+    """The packaged pin, or the reference's GitHub repository at `--rev`/`--tag`, which
+    must come with the NAR hash its tree is checked against."""
+    if request.ref not in pins:
+        raise UsageError(f"unknown reference {request.ref!r}", f"use one of {', '.join(pins)}")
+    pin = pins[request.ref]
+    if request.rev is None:
+        if request.hash is not None:
+            raise UsageError("--hash goes with --rev/--tag")
+        return pin
+    if not _REV_OR_TAG.match(request.rev):
+        raise UsageError(f"--rev/--tag {request.rev!r} is not a commit or tag name")
+    if isinstance(pin, GithubPin) and pin.submodules:
+        raise UsageError(
+            f"{request.ref} has submodules, whose commits a GitHub tarball does not record",
+            "build another revision from a recursive checkout with --source DIR",
+        )
+    if not is_sri(request.hash):
+        raise UsageError(
+            f"--rev/--tag needs --hash, the NAR hash of the tree (got {request.hash!r})",
+            "run once with any hash such as sha256-" + "A" * 43 + "=; the mismatch "
+            "error shows the real one, to check against `nix-prefetch-url --unpack`",
+        )
+    if isinstance(pin, GithubPin):
+        owner, repo = pin.owner, pin.repo
+    elif "owner" in pin.upstream and "repo" in pin.upstream:
+        owner, repo = pin.upstream["owner"], pin.upstream["repo"]
+    else:
+        raise UsageError(f"the {request.ref} pin names no upstream GitHub repository")
+    return GithubPin(request.ref, owner, repo, request.rev, str(request.hash))
 
 
 def build_tools() -> dict[str, str]:
@@ -114,14 +153,21 @@ def check_environment(request: BuildRequest, directory: Path) -> dict[str, str]:
     """Name the missing piece before any time is spent (makefile-discipline)."""
     tools = build_tools()
     missing = [tool for tool in ("cmake", "ninja") if tool not in tools]
-    cc = _compiler("CC", ("cc", "gcc", "clang"))
-    cxx = _compiler("CXX", ("c++", "g++", "clang++"))
+    if request.ref == "bitnet.cpp":  # its CMakeLists refuses anything but Clang
+        cc, cxx = _compiler("CC", ("clang",)), _compiler("CXX", ("clang++",))
+        c_names, cxx_names = "clang (bitnet.cpp needs Clang)", "clang++"
+    else:
+        cc, cxx = (
+            _compiler("CC", ("cc", "gcc", "clang")),
+            _compiler("CXX", ("c++", "g++", "clang++")),
+        )
+        c_names, cxx_names = "a C compiler (cc/gcc/clang)", "a C++ compiler (c++/g++/clang++)"
     if cc is None:
-        missing.append("a C compiler (cc/gcc/clang, or $CC)")
+        missing.append(f"{c_names} or $CC")
     else:
         tools["cc"] = cc
     if cxx is None:
-        missing.append("a C++ compiler (c++/g++/clang++, or $CXX)")
+        missing.append(f"{cxx_names} or $CXX")
     else:
         tools["cxx"] = cxx
     if request.backend == "cuda":
@@ -160,6 +206,8 @@ def cmake_flags(request: BuildRequest) -> list[str]:
         # Binaries find their libraries next to themselves, so bin/ works on its own.
         "-DCMAKE_BUILD_RPATH=$ORIGIN",
     ]
+    if request.ref == "bitnet.cpp":
+        flags += bitnet_kernels.cmake_flags(request.kernel)
     if request.backend == "cuda":
         flags.append("-DGGML_CUDA=ON")
         if request.cuda_archs:
@@ -212,9 +260,10 @@ def _install(build: Path, bin_dir: Path, executables: dict[Path, str]) -> list[P
     if bin_dir.exists():
         shutil.rmtree(bin_dir)
     bin_dir.mkdir(parents=True)
-    produced = build / "bin"
     installed = []
-    for library in sorted(produced.glob("*.so*")):
+    # Upstream puts libraries in build/bin; BitNet's 2024 fork next to their sources.
+    libraries = [p for p in build.rglob("lib*.so*") if "CMakeFiles" not in p.parts]
+    for library in sorted(libraries, key=lambda p: p.name):
         copied = Path(shutil.copy2(library, bin_dir / library.name, follow_symlinks=False))
         if not copied.is_symlink():
             installed.append(copied)
@@ -233,7 +282,9 @@ def harness_hash() -> str:
 
 
 def _inputs(pin: Pin, request: BuildRequest, source_hash: str) -> dict[str, Any]:
+    kernel = {"kernel": request.kernel} if request.ref == "bitnet.cpp" else {}
     return {
+        **kernel,
         "harness": harness_hash(),
         "ref": request.ref,
         # Where the bytes were downloaded from is not an input; what they are is.
@@ -253,10 +304,7 @@ def build_reference(
 ) -> BuildResult:
     """Fetch, verify and build `request.ref`; a no-op when the receipt matches."""
     reporter = reporter or NullReporter()
-    pins = pins if pins is not None else load_pins()
-    if request.ref not in pins:
-        raise UsageError(f"unknown reference {request.ref!r}", f"use one of {', '.join(pins)}")
-    pin = pins[request.ref]
+    pin = resolve_pin(request, pins if pins is not None else load_pins())
     tag = "local" if request.source else revision(pin)
     directory = cpp_cache_root() / f"{request.ref}-{tag}-{request.backend}"
     if request.clean and directory.exists():
@@ -266,8 +314,8 @@ def build_reference(
         receipt_path = directory / "receipt.json"
         source_hash = "sha256:" + pin.sha256 if not isinstance(pin, GithubPin) else str(pin.hash)
         if request.source:
-            from bitnet_xtask.cpp.nar import nar_hash
-
+            # Generated files first, so that the hash of the tree we build is stable.
+            _generate(request, request.source)
             source_hash = nar_hash(request.source)
         inputs = _inputs(pin, request, source_hash)
         if receipt_path.is_file() and not request.force:
@@ -277,6 +325,15 @@ def build_reference(
                 return BuildResult(directory, receipt, built=False)
         receipt_path.unlink(missing_ok=True)
         return _build(request, pin, directory, inputs, reporter, github)
+
+
+def _generate(request: BuildRequest, tree: Path) -> None:
+    """bitnet.cpp's kernel code generation (what its setup_env.py does before CMake)."""
+    if request.ref == "bitnet.cpp":
+        try:
+            bitnet_kernels.generate_kernels(tree, request.kernel)
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _verified_source(
@@ -319,6 +376,7 @@ def _build(
         source_root = request.source.resolve()
     else:
         source_root = _verified_source(pin, directory, str(inputs["source"]), reporter, github)
+        _generate(request, source_root)
     build = directory / "build"
     reporter.info(f"configuring {request.ref} with CMake + Ninja (log: {log.path})")
     log.run(
@@ -354,6 +412,10 @@ def _build(
     )
     from bitnet_xtask.gpu.elf import read_binary
 
+    if request.source:
+        # Some builds write into their source tree (the 2024 llama.cpp generates
+        # common/build-info.cpp there): record the tree as the next run will find it.
+        inputs = {**inputs, "source": nar_hash(request.source)}
     receipt = {
         "version": RECEIPT_VERSION,
         "inputs": inputs,

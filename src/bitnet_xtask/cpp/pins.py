@@ -2,9 +2,8 @@
 
 `pins.json` names where each reference's exact bytes come from: a PyPI sdist (URL and
 the index's sha256) or a GitHub revision (full commit and the NAR hash of its tree,
-the `hash` that nixpkgs' fetchFromGitHub checks). A hash is never invented: a pin
-whose hash could not be computed carries `"hash": null` and an `unverified` reason,
-and fetching it says so.
+the `hash` that nixpkgs' fetchFromGitHub checks). Every pin carries its hash: there is
+no way to fetch unverified bytes.
 """
 
 from __future__ import annotations
@@ -43,9 +42,8 @@ class GithubPin:
     name: str
     owner: str
     repo: str
-    rev: str
-    hash: str | None
-    unverified: str | None = None
+    rev: str  # a full commit in pins.json; a tag or commit given with --rev/--tag
+    hash: str
     submodules: dict[str, GithubPin] = field(default_factory=dict)
 
     @property
@@ -57,6 +55,11 @@ class GithubPin:
 Pin = SdistPin | GithubPin
 
 
+def is_sri(value: object) -> bool:
+    """Whether `value` is a SRI sha256 hash as Nix writes it (`sha256-<base64>=`)."""
+    return isinstance(value, str) and bool(_SRI.match(value))
+
+
 def _bad(name: str, what: str) -> UsageError:
     return UsageError(f"pins.json: {name}: {what}", "fix the pin (or regenerate it)")
 
@@ -65,16 +68,12 @@ def _github(name: str, data: dict[str, Any]) -> GithubPin:
     rev, sri = data.get("rev", ""), data.get("hash")
     if not _REV.match(rev):
         raise _bad(name, f"rev must be a full 40-hex commit, got {rev!r}")
-    if sri is None and not data.get("unverified"):
-        raise _bad(name, "a null hash needs an `unverified` reason")
-    if sri is not None and not _SRI.match(sri):
+    if not is_sri(sri):
         raise _bad(name, f"hash must be an SRI sha256 (sha256-...=), got {sri!r}")
     submodules = {
         path: _github(f"{name}/{path}", sub) for path, sub in data.get("submodules", {}).items()
     }
-    return GithubPin(
-        name, data["owner"], data["repo"], rev, sri, data.get("unverified"), submodules
-    )
+    return GithubPin(name, data["owner"], data["repo"], rev, str(sri), submodules)
 
 
 def _sdist(name: str, data: dict[str, Any]) -> SdistPin:

@@ -104,8 +104,6 @@ def _verify_tree(pin: GithubPin, tree: Path) -> str:
 def _fetch_github(
     pin: GithubPin, tree: Path, downloads: Path, github: str, reporter: Reporter
 ) -> str:
-    if pin.hash is None:
-        raise UsageError(f"{pin.name} has no verified hash: {pin.unverified}")
     url = f"{github}/{pin.owner}/{pin.repo}/archive/{pin.rev}.tar.gz"
     archive = download_url(
         url, downloads, filename=f"{pin.repo}-{pin.rev}.tar.gz", reporter=reporter

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from references import bitnet_source_tree, cache_home, serve_sdist
 from servers.hf_server import HFTestServer
 from servers.nginx import NginxServer, nginx_available
+
+from bitnet_xtask.cpp.build import BuildRequest, BuildResult, build_reference
+from bitnet_xtask.cpp.pins import SdistPin
 
 REPO = "org/model"
 BIG_SIZE = 64 << 20
@@ -80,10 +84,24 @@ class Xtask:
     def env(self, **extra: str) -> dict[str, str]:
         return clean_env(self.home, **extra)
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> Run:
+    @property
+    def workdir(self) -> Path:
+        """A private working directory, for commands that use relative defaults."""
+        path = self.home.parent / "work"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def run(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        cwd: Path | None = None,
+    ) -> Run:
         proc = subprocess.run(
             self.argv(args),
             env=env or self.env(),
+            cwd=cwd,
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -167,3 +185,57 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+# --- the real C++ references, built once per session ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def local_pin(nginx: NginxServer, tmp_path_factory: pytest.TempPathFactory) -> SdistPin:
+    """The packaged llama.cpp pin, served by the local nginx."""
+    return serve_sdist(Path(nginx.root), nginx.url, tmp_path_factory.mktemp("pip"))
+
+
+@pytest.fixture(scope="session")
+def cpp_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("xdg")
+
+
+@pytest.fixture(scope="session")
+def llama_build(local_pin: SdistPin, cpp_cache_home: Path) -> BuildResult:
+    """The pinned llama.cpp, really built (minutes on 2 cores; once per session)."""
+    with cache_home(cpp_cache_home):
+        return build_reference(BuildRequest(), pins={"llama.cpp": local_pin})
+
+
+@pytest.fixture(scope="session")
+def llama_bin(request: pytest.FixtureRequest) -> Path:
+    """A llama.cpp bin/ with xtask-logits: `XTASK_TEST_LLAMA_BIN`, or the session build."""
+    if given := os.environ.get("XTASK_TEST_LLAMA_BIN"):
+        return Path(given)
+    build: BuildResult = request.getfixturevalue("llama_build")
+    return build.bin_dir
+
+
+@pytest.fixture(scope="session")
+def bitnet_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    found = bitnet_source_tree(tmp_path_factory.mktemp("bitnet"))
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+@pytest.fixture(scope="session")
+def bitnet_build(bitnet_source: Path, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """bitnet.cpp (Clang, the i2_s kernel), really built from the local sources."""
+    with cache_home(tmp_path_factory.mktemp("bitnet-cache")):
+        return build_reference(BuildRequest(ref="bitnet.cpp", source=bitnet_source))
+
+
+@pytest.fixture(scope="session")
+def bitnet_bin(request: pytest.FixtureRequest) -> Path:
+    """A bitnet.cpp bin/ with xtask-logits: `XTASK_TEST_BITNET_BIN`, or the session build."""
+    if given := os.environ.get("XTASK_TEST_BITNET_BIN"):
+        return Path(given)
+    build: BuildResult = request.getfixturevalue("bitnet_build")
+    return build.bin_dir

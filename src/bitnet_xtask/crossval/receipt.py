@@ -1,0 +1,187 @@
+"""The crossval receipt: a versioned JSON document, its schema, and its re-check.
+
+The schema (`receipt.schema.json`, shipped in the package) fixes the shape; the
+re-check recomputes every comparison's verdict from the per-position metrics and the
+thresholds recorded beside them, so a receipt whose verdict was edited, or whose
+metrics no longer support it, is caught.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitnet_xtask.crossval import metrics
+from bitnet_xtask.download.store import atomic_write_text
+from bitnet_xtask.errors import UsageError
+
+RECEIPT_KIND = "bitnet-xtask/crossval-receipt"
+RECEIPT_VERSION = 1
+SCHEMA_FILE = "receipt.schema.json"
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a version-1 receipt."""
+    text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+def sha256_file(path: Path) -> str:
+    """A model's identity in the receipt."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _gguf_facts(model: Path) -> tuple[str | None, str | None]:
+    """Architecture and weight type from the GGUF header (file_type's name, lowercased:
+    MOSTLY_Q8_0 -> q8_0), for models that came without gen-fixtures' metadata."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(model)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{model} is not a readable GGUF file: {exc}") from None
+    arch_field = reader.fields.get("general.architecture")
+    arch = str(arch_field.contents()) if arch_field else None
+    type_field = reader.fields.get("general.file_type")
+    quant = None
+    if type_field is not None:
+        try:
+            name = gguf.LlamaFileType(int(type_field.contents())).name
+            quant = name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+        except ValueError:
+            quant = None
+    return arch, quant
+
+
+def model_facts(model: Path) -> dict[str, Any]:
+    """What the receipt says about a model: path, sha256, size and metadata (gen-fixtures'
+    JSON beside the model when there is one, else the GGUF header's)."""
+    if not model.is_file():
+        raise UsageError(f"model {model} does not exist")
+    sidecar = model.with_suffix(".json")
+    metadata = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else None
+    if metadata is not None and {"arch", "quant"} <= metadata.keys():
+        arch, quant = metadata["arch"], metadata["quant"]
+    else:
+        arch, quant = _gguf_facts(model)
+    return {
+        "path": str(model),
+        "sha256": sha256_file(model),
+        "size_bytes": model.stat().st_size,
+        "arch": arch,
+        "quant": quant,
+        "metadata": metadata,
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities are not JSON: they are written as null (the schema says so)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
+    """Atomically: a reader never sees half a receipt."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(_json_safe(receipt), indent=2, allow_nan=False) + "\n")
+
+
+def schema_errors(receipt: Any) -> list[str]:
+    """Every place the document breaks the schema, as `path: message` lines."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    return [
+        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        for error in sorted(validator.iter_errors(receipt), key=lambda e: list(e.absolute_path))
+    ]
+
+
+def _recomputed(comparison: dict[str, Any], tolerances: metrics.Tolerances) -> metrics.Verdict:
+    positions = comparison["metrics"]["positions"]
+
+    def column(name: str, dtype: type = np.float64) -> Any:
+        values = [np.nan if p[name] is None else p[name] for p in positions]
+        return np.array(values, dtype=dtype)
+
+    logits = metrics.LogitsComparison(
+        n_vocab=comparison["metrics"]["n_vocab"],
+        top_k=comparison["metrics"]["top_k"],
+        max_abs_diff=column("max_abs_diff"),
+        rms_diff=column("rms_diff"),
+        cosine=column("cosine"),
+        kl=column("kl"),
+        top1_match=column("top1_match", bool),
+        top1_margin=column("top1_margin"),
+        topk_overlap=column("topk_overlap"),
+    )
+    greedy = comparison.get("greedy")
+    greedy_comparison = (
+        metrics.compare_greedy(greedy["reference"], greedy["candidate"]) if greedy else None
+    )
+    return metrics.verdict(logits, tolerances, greedy_comparison)
+
+
+def verdict_errors(receipt: dict[str, Any]) -> list[str]:
+    """Where the recorded verdicts disagree with what the recorded numbers say."""
+    errors = []
+    threshold_names = {f.name for f in fields(metrics.Tolerances)}
+    any_failed = False
+    for model in receipt["models"]:
+        recorded = model["tolerances"]
+        tolerances = metrics.Tolerances(**{k: recorded[k] for k in threshold_names})
+        for run in model["runs"]:
+            for comparison in run["comparisons"]:
+                verdict = comparison["verdict"]
+                expected = _recomputed(comparison, tolerances)
+                tokenization_failed = any(
+                    f["metric"] == "tokenization" for f in verdict["failures"]
+                )
+                passed = expected.passed and not tokenization_failed
+                any_failed |= not passed
+                where = f"{Path(model['path']).name} / {comparison['candidate']}"
+                if verdict["passed"] != passed:
+                    errors.append(
+                        f"{where}: recorded verdict passed={verdict['passed']}, but the "
+                        f"metrics and thresholds say passed={passed}"
+                    )
+                recorded_metrics = sorted(
+                    f["metric"] for f in verdict["failures"] if f["metric"] != "tokenization"
+                )
+                if recorded_metrics != sorted(f.metric for f in expected.failures):
+                    errors.append(
+                        f"{where}: recorded failures {recorded_metrics} differ from "
+                        f"{sorted(f.metric for f in expected.failures)}"
+                    )
+    if receipt["verdict"]["passed"] == any_failed:
+        errors.append(
+            f"overall verdict passed={receipt['verdict']['passed']} contradicts the comparisons"
+        )
+    return errors
+
+
+def load_receipt(path: Path) -> Any:
+    """The parsed document, or a usage error naming what is wrong with the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from None

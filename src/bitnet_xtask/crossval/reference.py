@@ -1,0 +1,456 @@
+"""The reference forward pass: llama.cpp's `llama` and `bitnet` graphs, in plain NumPy.
+
+crossval compares engines against this module, so it is written to be read, as the
+executable specification of the two architectures: one small function per step of the
+graph, no KV cache (every call runs the whole sequence), nothing fused. It computes what
+llama.cpp computes *on the tensors of the GGUF file* (llama.cpp's converter permutes a
+Hugging Face model's Q/K rows for its RoPE; the file's tensors are taken as they are).
+
+Sources, so a reader can check each step: upstream llama.cpp `src/models/llama.cpp` and
+`src/models/bitnet.cpp` (0c1e57098), `llama_model_rope_type` in `src/llama-model.cpp`,
+`build_ffn` / `build_qkv` / `build_lora_mm` in `src/llama-graph.cpp`; microsoft/BitNet's
+2024 fork `build_llama` / `build_bitnet` in `3rdparty/llama.cpp/src/llama.cpp`. Both
+generations build the same graphs:
+
+- llama: x += W_o attn(rope(W_q h), rope(W_k h), W_v h) with h = rmsnorm(x);
+  x += W_down (silu(W_gate h) * W_up h) with h = rmsnorm(x); RoPE type NORM (rotates
+  adjacent pairs x[2i], x[2i+1]); the head is `output.weight`, or `token_embd.weight`
+  when the file has no `output.weight` (tied embeddings).
+- bitnet: the same, plus an RMSNorm on the attention output before W_o
+  (`attn_sub_norm`) and one on the gated FFN activation before W_down
+  (`ffn_sub_norm`). The FFN activation is SwiGLU (LLM_FFN_SILU, LLM_FFN_PAR) in both
+  trees, not squared ReLU. RoPE type NEOX (rotates x[i], x[i + n_rot/2]). The head is
+  always `token_embd.weight`. Each projection may have a one-element `*.scale` tensor
+  that multiplies its output.
+
+Precision: weights are dequantized to float32 (exactly, as ggml's own dequantization
+does), activations are float64, and the logits come back as float32, llama.cpp's output
+type. An engine differs from this by its own rounding (an f16 KV cache, activations
+quantized to 8 bits inside quantized matrix products), which crossval's tolerance
+profiles account for. Weights are dequantized from the memory-mapped file when a step
+first needs them and kept up to a budget (DEFAULT_WEIGHT_CACHE_BYTES), so a small model
+is dequantized once and a large one still runs, re-reading what did not fit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderField, quants
+
+from bitnet_xtask.errors import XtaskError
+
+Floats = npt.NDArray[np.float64]
+Logits = npt.NDArray[np.float32]
+RopeType = Literal["norm", "neox"]
+
+ROPE_TYPES: dict[str, RopeType] = {"llama": "norm", "bitnet": "neox"}
+"""The architectures the reference implements and their RoPE (llama_model_rope_type)."""
+
+I2_S_TYPE_ID = 36
+"""GGML_TYPE_I2_S in bitnet.cpp's ggml.h; gguf-py has no name for it."""
+
+DEFAULT_WEIGHT_CACHE_BYTES = 2 << 30
+"""How many bytes of dequantized float32 weights a model keeps between steps and calls."""
+
+PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+"""The per-layer matrices; each may come with a one-element `blk.N.<name>.scale`."""
+
+
+# --- the file -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where a tensor lies in the file, with its ggml type as the raw id."""
+
+    name: str
+    shape: tuple[int, ...]  # NumPy order, rows first: ggml's ne reversed
+    type_id: int
+    offset: int  # absolute, in bytes
+
+
+class GGUFFile(GGUFReader):
+    """gguf.GGUFReader that keeps tensor types as raw ids.
+
+    GGUFReader converts each tensor's type id to `GGMLQuantizationType` and refuses the
+    whole file when one is unknown, which bitnet.cpp's I2_S (36) is. This reader records
+    the tensor infos instead and leaves `tensors` empty; metadata works as in GGUFReader.
+    It overrides GGUFReader's private `_build_tensors` step (checked with gguf-py 0.19).
+    """
+
+    tensor_infos: dict[str, TensorInfo]
+
+    def _build_tensors(self, start_offs: int, fields: list[ReaderField]) -> None:
+        infos: dict[str, TensorInfo] = {}
+        for field in fields:
+            _name_len, name_data, _n_dims, dims, raw_type, offset = field.parts
+            name = bytes(name_data).decode("utf-8")
+            if name in infos:
+                raise ValueError(f"duplicate tensor {name!r}")
+            shape = tuple(int(d) for d in reversed(dims.tolist()))
+            infos[name] = TensorInfo(name, shape, int(raw_type[0]), start_offs + int(offset[0]))
+        self.tensor_infos = infos
+
+    def metadata(self, key: str) -> Any:
+        """The value of a metadata key (a str, number or list), or None when absent."""
+        field = self.get_field(key)
+        return None if field is None else field.contents()
+
+    def dequantize(self, name: str) -> npt.NDArray[np.float32]:
+        """Tensor `name` as float32 in NumPy order, whatever its type in the file."""
+        info = self.tensor_infos[name]
+        n_elements = math.prod(info.shape)
+        if info.type_id == I2_S_TYPE_ID:
+            from bitnet_xtask.fixtures.i2s import dequantize_i2_s, packed_nbytes
+
+            return dequantize_i2_s(self._bytes(info, packed_nbytes(n_elements)), info.shape)
+        try:
+            qtype = GGMLQuantizationType(info.type_id)
+        except ValueError:
+            raise XtaskError(
+                f"tensor {name} has ggml type id {info.type_id}, which the reference cannot read",
+                hint="the reference reads the types gguf-py knows, and bitnet.cpp's i2_s",
+            ) from None
+        block_size, type_size = GGML_QUANT_SIZES[qtype]
+        raw = self._bytes(info, n_elements // block_size * type_size)
+        try:
+            values = quants.dequantize(
+                raw.reshape(-1, info.shape[-1] // block_size * type_size), qtype
+            )
+        except NotImplementedError:
+            raise XtaskError(
+                f"tensor {name} is {qtype.name}, which gguf-py cannot dequantize",
+                hint="requantize the model to f32, f16, q8_0, q4_0, tq1_0, tq2_0 or i2_s",
+            ) from None
+        return np.asarray(values, dtype=np.float32).reshape(info.shape)
+
+    def _bytes(self, info: TensorInfo, n_bytes: int) -> npt.NDArray[np.uint8]:
+        raw: npt.NDArray[np.uint8] = self.data[info.offset : info.offset + n_bytes]
+        if raw.size != n_bytes:
+            raise XtaskError(
+                f"tensor {info.name} runs past the end of the file",
+                hint="the file is truncated: download it again",
+            )
+        return raw
+
+
+# --- hyperparameters ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hparams:
+    """What the forward pass takes from the metadata (and n_vocab from token_embd)."""
+
+    arch: str
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ff: int
+    n_rot: int
+    rope_type: RopeType
+    rope_freq_base: float
+    rope_freq_scale: float
+    rms_eps: float
+
+
+def _unsupported(path: Path, what: str) -> XtaskError:
+    return XtaskError(
+        f"{path}: {what}", hint="the reference implements llama.cpp's llama and bitnet graphs"
+    )
+
+
+def read_hparams(gguf: GGUFFile, path: Path) -> Hparams:
+    """The hyperparameters, with llama.cpp's defaults for the optional keys."""
+    arch = gguf.metadata("general.architecture")
+    if arch not in ROPE_TYPES:
+        raise _unsupported(path, f"architecture {arch!r} is not one the reference implements")
+
+    def scalar(key: str, default: float | str | None = None) -> Any:
+        value = gguf.metadata(f"{arch}.{key}")
+        if value is None and default is None:
+            raise _unsupported(path, f"the required key {arch}.{key} is missing")
+        if isinstance(value, list):
+            raise _unsupported(path, f"{arch}.{key} varies by layer")
+        return default if value is None else value
+
+    if int(scalar("expert_count", 0)) > 0:
+        raise _unsupported(path, "mixture-of-experts models are not implemented")
+    scaling = str(scalar("rope.scaling.type", "linear"))
+    if scaling not in ("none", "linear"):
+        raise _unsupported(path, f"RoPE scaling {scaling!r} is not implemented")
+    if "token_embd.weight" not in gguf.tensor_infos:
+        raise _unsupported(path, "the tensor token_embd.weight is missing")
+
+    n_embd = int(scalar("embedding_length"))
+    n_head = int(scalar("attention.head_count"))
+    head_dim = int(scalar("attention.key_length", n_embd // n_head))
+    if int(scalar("attention.value_length", head_dim)) != head_dim:
+        raise _unsupported(path, "key and value heads of different sizes are not implemented")
+    n_rot = int(scalar("rope.dimension_count", head_dim))
+    if n_rot > head_dim or n_rot % 2 or (arch == "llama" and n_rot != head_dim):
+        raise _unsupported(path, f"rope.dimension_count {n_rot} does not fit heads of {head_dim}")
+    factor = float(scalar("rope.scaling.factor", 0.0))
+    return Hparams(
+        arch=arch,
+        n_vocab=gguf.tensor_infos["token_embd.weight"].shape[0],
+        n_ctx_train=int(scalar("context_length")),
+        n_embd=n_embd,
+        n_layer=int(scalar("block_count")),
+        n_head=n_head,
+        n_head_kv=int(scalar("attention.head_count_kv", n_head)),
+        head_dim=head_dim,
+        n_ff=int(scalar("feed_forward_length")),
+        n_rot=n_rot,
+        rope_type=ROPE_TYPES[arch],
+        rope_freq_base=float(scalar("rope.freq_base", 10000.0)),
+        rope_freq_scale=1.0 if factor == 0.0 else 1.0 / factor,
+        rms_eps=float(scalar("attention.layer_norm_rms_epsilon")),
+    )
+
+
+def tensor_shapes(hp: Hparams) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """(required, optional) tensor names with their NumPy shapes, as llama.cpp loads them.
+
+    A matrix is (out, in): y = x @ W.T, which is ggml_mul_mat(W, x).
+    """
+    q_dim, kv_dim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    required: dict[str, tuple[int, ...]] = {
+        "token_embd.weight": (hp.n_vocab, hp.n_embd),
+        "output_norm.weight": (hp.n_embd,),
+    }
+    optional: dict[str, tuple[int, ...]] = {}
+    if hp.arch == "llama":
+        optional["output.weight"] = (hp.n_vocab, hp.n_embd)
+        optional["rope_freqs.weight"] = (hp.n_rot // 2,)  # llama 3's per-frequency divisors
+    for il in range(hp.n_layer):
+        blk = f"blk.{il}."
+        matrices = {
+            "attn_q": (q_dim, hp.n_embd),
+            "attn_k": (kv_dim, hp.n_embd),
+            "attn_v": (kv_dim, hp.n_embd),
+            "attn_output": (hp.n_embd, q_dim),
+            "ffn_gate": (hp.n_ff, hp.n_embd),
+            "ffn_up": (hp.n_ff, hp.n_embd),
+            "ffn_down": (hp.n_embd, hp.n_ff),
+        }
+        required.update({f"{blk}{m}.weight": shape for m, shape in matrices.items()})
+        optional.update({f"{blk}{m}.scale": (1,) for m in PROJECTIONS})
+        required[f"{blk}attn_norm.weight"] = (hp.n_embd,)
+        required[f"{blk}ffn_norm.weight"] = (hp.n_embd,)
+        if hp.arch == "bitnet":
+            required[f"{blk}attn_sub_norm.weight"] = (q_dim,)
+            required[f"{blk}ffn_sub_norm.weight"] = (hp.n_ff,)
+    return required, optional
+
+
+def _check_tensors(gguf: GGUFFile, hp: Hparams, path: Path) -> None:
+    """Every tensor the graph needs is there with its shape, and no other is (as llama.cpp)."""
+    required, optional = tensor_shapes(hp)
+    expected = {**optional, **required}
+    present = gguf.tensor_infos
+    missing = sorted(set(required) - set(present))
+    unknown = sorted(set(present) - set(expected))
+    if missing:
+        raise _unsupported(path, f"tensors missing: {', '.join(missing[:5])}")
+    if unknown:
+        raise _unsupported(path, f"tensors the {hp.arch} graph does not use: {unknown[:5]}")
+    for name, info in present.items():
+        if info.shape != expected[name]:
+            raise _unsupported(path, f"{name} has shape {info.shape}, expected {expected[name]}")
+
+
+# --- the steps of the graph -----------------------------------------------------------
+
+
+def rms_norm(x: Floats, weight: npt.NDArray[np.float32], eps: float) -> Floats:
+    """ggml_rms_norm then ggml_mul: x / sqrt(mean(x^2) + eps) * weight, per row."""
+    normed: Floats = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+    return normed * weight.astype(np.float64)
+
+
+def linear(x: Floats, weight: npt.NDArray[np.float32]) -> Floats:
+    """x @ W.T, which is ggml_mul_mat(W, x) for W of shape (out, in).
+
+    The explicit cast to float64 keeps NumPy on BLAS (a mixed-type product is ~6x slower).
+    """
+    y: Floats = x @ weight.astype(np.float64).T
+    return y
+
+
+def silu(x: Floats) -> Floats:
+    """x * sigmoid(x)."""
+    return x / (1.0 + np.exp(-x))
+
+
+def rope_angles(
+    hp: Hparams, n_pos: int, freq_factors: npt.NDArray[np.float32] | None
+) -> tuple[Floats, Floats]:
+    """cos and sin of theta[p, i] = p * freq_scale * base^(-2i/n_rot) / freq_factors[i].
+
+    Shapes (n_pos, 1, n_rot/2), to broadcast over heads. ggml_rope_cache_init computes
+    the same angles (in float32, iteratively); YaRN's ext_factor is 0 for linear scaling.
+    """
+    inv_freq = hp.rope_freq_base ** (-np.arange(0, hp.n_rot, 2, dtype=np.float64) / hp.n_rot)
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors
+    theta = np.arange(n_pos, dtype=np.float64)[:, None] * (hp.rope_freq_scale * inv_freq)
+    return np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+
+
+def rope(x: Floats, cos: Floats, sin: Floats, rope_type: RopeType) -> Floats:
+    """Rotate the first n_rot dimensions of each head (x: n_pos, n_heads, head_dim).
+
+    NORM pairs adjacent dimensions (2i, 2i+1); NEOX pairs i with i + n_rot/2. Dimensions
+    past n_rot pass through.
+    """
+    n_rot = 2 * cos.shape[-1]
+    if rope_type == "norm":
+        first, second = np.arange(0, n_rot, 2), np.arange(1, n_rot, 2)
+    else:
+        first, second = np.arange(n_rot // 2), np.arange(n_rot // 2, n_rot)
+    out: Floats = x.copy()
+    out[..., first] = x[..., first] * cos - x[..., second] * sin
+    out[..., second] = x[..., first] * sin + x[..., second] * cos
+    return out
+
+
+def causal_attention(q: Floats, k: Floats, v: Floats, kq_scale: float) -> Floats:
+    """softmax(q k^T * scale + causal mask) v, with grouped-query heads.
+
+    q: (n_pos, n_head, d); k, v: (n_pos, n_head_kv, d). Query head h reads KV head
+    h // (n_head / n_head_kv), as ggml's broadcasting mul_mat and flash attention do.
+    Returns (n_pos, n_head * d).
+    """
+    n_pos, n_head, head_dim = q.shape
+    group = n_head // k.shape[1]
+    k = np.repeat(k, group, axis=1).transpose(1, 2, 0)  # (n_head, d, n_pos)
+    v = np.repeat(v, group, axis=1).transpose(1, 0, 2)  # (n_head, n_pos, d)
+    scores = (q.transpose(1, 0, 2) @ k) * kq_scale  # (n_head, n_pos, n_pos)
+    future = np.triu(np.ones((n_pos, n_pos), dtype=bool), k=1)
+    scores[:, future] = -np.inf
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    out: Floats = (weights @ v).transpose(1, 0, 2).reshape(n_pos, n_head * head_dim)
+    return out
+
+
+# --- the model ------------------------------------------------------------------------
+
+
+class ReferenceModel:
+    """A llama or bitnet GGUF, evaluated by the reference forward pass."""
+
+    def __init__(
+        self, gguf: GGUFFile, hparams: Hparams, weight_cache_bytes: int = DEFAULT_WEIGHT_CACHE_BYTES
+    ) -> None:
+        self.gguf = gguf
+        self.hparams = hparams
+        self._cache: dict[str, npt.NDArray[np.float32]] = {}
+        self._cache_room = weight_cache_bytes
+
+    def _weight(self, name: str) -> npt.NDArray[np.float32]:
+        """A tensor as float32, dequantized once while the cache has room for it."""
+        if name in self._cache:
+            return self._cache[name]
+        weight = self.gguf.dequantize(name)
+        if weight.nbytes <= self._cache_room:
+            self._cache[name] = weight
+            self._cache_room -= weight.nbytes
+        return weight
+
+    def _project(self, x: Floats, layer: int, matrix: str) -> Floats:
+        """x @ W.T for blk.<layer>.<matrix>, times its scale tensor when the file has one."""
+        y = linear(x, self._weight(f"blk.{layer}.{matrix}.weight"))
+        scale = f"blk.{layer}.{matrix}.scale"
+        if scale in self.gguf.tensor_infos:
+            y = y * self._weight(scale)[0]
+        return y
+
+    def _attention(self, x: Floats, layer: int, cos: Floats, sin: Floats) -> Floats:
+        """The attention block's contribution to the residual stream."""
+        hp = self.hparams
+        h = rms_norm(x, self._weight(f"blk.{layer}.attn_norm.weight"), hp.rms_eps)
+        n_pos = x.shape[0]
+        q = self._project(h, layer, "attn_q").reshape(n_pos, hp.n_head, hp.head_dim)
+        k = self._project(h, layer, "attn_k").reshape(n_pos, hp.n_head_kv, hp.head_dim)
+        v = self._project(h, layer, "attn_v").reshape(n_pos, hp.n_head_kv, hp.head_dim)
+        q, k = rope(q, cos, sin, hp.rope_type), rope(k, cos, sin, hp.rope_type)
+        a = causal_attention(q, k, v, 1.0 / math.sqrt(hp.head_dim))
+        if hp.arch == "bitnet":
+            a = rms_norm(a, self._weight(f"blk.{layer}.attn_sub_norm.weight"), hp.rms_eps)
+        return self._project(a, layer, "attn_output")
+
+    def _feed_forward(self, x: Floats, layer: int) -> Floats:
+        """The FFN block's contribution to the residual stream."""
+        hp = self.hparams
+        h = rms_norm(x, self._weight(f"blk.{layer}.ffn_norm.weight"), hp.rms_eps)
+        f = silu(self._project(h, layer, "ffn_gate")) * self._project(h, layer, "ffn_up")
+        if hp.arch == "bitnet":
+            f = rms_norm(f, self._weight(f"blk.{layer}.ffn_sub_norm.weight"), hp.rms_eps)
+        return self._project(f, layer, "ffn_down")
+
+    def _head(self) -> npt.NDArray[np.float32]:
+        """The output matrix: output.weight, else the token embeddings (always, for bitnet)."""
+        if "output.weight" in self.gguf.tensor_infos:
+            return self._weight("output.weight")
+        return self._weight("token_embd.weight")
+
+    def logits(self, token_ids: Sequence[int]) -> Logits:
+        """Logits after each token: (len(token_ids), n_vocab) float32, row i after token i."""
+        hp = self.hparams
+        tokens = np.asarray(token_ids, dtype=np.int64)
+        if tokens.ndim != 1 or tokens.size == 0:
+            raise XtaskError("the reference needs a non-empty sequence of token ids")
+        if tokens.min() < 0 or tokens.max() >= hp.n_vocab:
+            raise XtaskError(f"token ids must lie in [0, {hp.n_vocab}), the model's vocabulary")
+        freq_factors = (
+            self._weight("rope_freqs.weight")
+            if "rope_freqs.weight" in self.gguf.tensor_infos
+            else None
+        )
+        cos, sin = rope_angles(hp, tokens.size, freq_factors)
+        x: Floats = self._weight("token_embd.weight")[tokens].astype(np.float64)
+        for layer in range(hp.n_layer):
+            x = x + self._attention(x, layer, cos, sin)
+            x = x + self._feed_forward(x, layer)
+        x = rms_norm(x, self._weight("output_norm.weight"), hp.rms_eps)
+        return linear(x, self._head()).astype(np.float32)
+
+    def greedy(self, token_ids: Sequence[int], n: int) -> list[int]:
+        """n tokens of greedy continuation: each the argmax (first maximum) of the last row.
+
+        The semantics of xtask-logits' continuation.json, so the two compare directly.
+        """
+        tokens = list(token_ids)
+        for _ in range(n):
+            tokens.append(int(np.argmax(self.logits(tokens)[-1])))
+        return tokens[len(token_ids) :]
+
+
+def load_model(
+    path: Path | str, weight_cache_bytes: int = DEFAULT_WEIGHT_CACHE_BYTES
+) -> ReferenceModel:
+    """Open a llama or bitnet GGUF for the reference forward pass.
+
+    Raises XtaskError, naming what is unsupported, for any other architecture or for
+    tensors and metadata the two graphs do not account for.
+    """
+    path = Path(path)
+    try:
+        gguf = GGUFFile(path)
+    except (OSError, ValueError) as e:
+        raise XtaskError(f"cannot read {path} as GGUF: {e}", hint="is it a GGUF file?") from e
+    hparams = read_hparams(gguf, path)
+    _check_tensors(gguf, hparams, path)
+    return ReferenceModel(gguf, hparams, weight_cache_bytes)

@@ -1,0 +1,209 @@
+"""`run_crossval()`: the same token ids through every backend, compared with the first.
+
+For each model and prompt: the first backend tokenizes the prompt; every backend that
+tokenizes too is checked for the same ids; every backend evaluates those ids; each
+backend after the first is compared with it (logits per position, greedy continuation)
+and judged against the model's tolerance profile. The result is the receipt document
+(`crossval.receipt`), whose `verdict` says whether everything passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bitnet_xtask.crossval import metrics
+from bitnet_xtask.crossval.backends import Backend, Evaluation, make_backend
+from bitnet_xtask.crossval.receipt import RECEIPT_KIND, RECEIPT_VERSION, model_facts
+from bitnet_xtask.errors import UsageError
+from bitnet_xtask.events import NullReporter, Reporter
+
+DEFAULT_PROMPT = "The capital of France is Paris, and the capital of Germany is"
+DEFAULT_BACKENDS = ("cpp:llama.cpp", "numpy")
+STRICT_QUANTS = frozenset({"f32", "f16", "bf16"})
+
+
+@dataclass(frozen=True)
+class CrossvalRequest:
+    """What to compare; every field lands in the receipt."""
+
+    models: tuple[Path, ...]
+    backends: tuple[str, ...] = DEFAULT_BACKENDS
+    prompts: tuple[str, ...] = (DEFAULT_PROMPT,)
+    n_predict: int = 8
+    profile: str | None = None  # strict | quantized | a JSON file; None: from the quant
+    top_k: int = metrics.DEFAULT_TOP_K
+    threads: int | None = None
+
+
+def discover_models(root: Path) -> tuple[Path, ...]:
+    """Every complete GGUF under `root` (the reference guide: crossval looks in models/)."""
+    found = tuple(sorted(p for p in root.rglob("*.gguf") if p.is_file()))
+    if not found:
+        raise UsageError(
+            f"no .gguf models under {root}/",
+            "pass --model PATH, or make one: xtask gen-fixtures --size tiny --output models",
+        )
+    return found
+
+
+def tolerances_for(quant: str | None, profile: str | None) -> metrics.Tolerances:
+    """The profile asked for, else strict for float weights and quantized for the rest."""
+    if profile is None:
+        return metrics.tolerance_profile("strict" if quant in STRICT_QUANTS else "quantized")
+    if profile in metrics.PROFILES:
+        return metrics.tolerance_profile(profile)
+    if not Path(profile).is_file():
+        raise UsageError(
+            f"unknown tolerance profile {profile!r}",
+            f"use {', '.join(metrics.PROFILES)} or the path of a JSON file (README: crossval)",
+        )
+    return metrics.load_tolerances(Path(profile))
+
+
+def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    return metrics.compare_greedy(a, b).first_divergence
+
+
+def _compare(
+    reference: Evaluation, candidate: Evaluation, tolerances: metrics.Tolerances, top_k: int
+) -> dict[str, Any]:
+    if reference.logits.shape[1] != candidate.logits.shape[1]:
+        raise UsageError(
+            f"the backends disagree on the vocabulary size: {reference.logits.shape[1]} "
+            f"vs {candidate.logits.shape[1]}",
+            "they are not running the same model",
+        )
+    logits = metrics.compare_logits(
+        reference.logits, candidate.logits, top_k=min(top_k, reference.logits.shape[1])
+    )
+    greedy = None
+    if reference.continuation is not None and candidate.continuation is not None:
+        greedy = metrics.compare_greedy(reference.continuation, candidate.continuation)
+    judged = metrics.verdict(logits, tolerances, greedy)
+    return {
+        "metrics": logits.to_dict(),
+        "greedy": greedy.to_dict() if greedy else None,
+        "verdict": judged.to_dict(),
+    }
+
+
+def _run_prompt(
+    model: Path,
+    prompt: str,
+    backends: Sequence[Backend],
+    request: CrossvalRequest,
+    tolerances: metrics.Tolerances,
+    workdir: Path,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    first = backends[0]
+    tokens = first.tokenize(model, prompt, workdir / "0")
+    if tokens is None:
+        raise UsageError(
+            f"the first backend ({first.spec}) does not tokenize",
+            "put a tokenizing backend (cpp:...) first: its ids are what all evaluate",
+        )
+    tokenization = []
+    for index, backend in enumerate(backends):
+        ids = tokens if index == 0 else backend.tokenize(model, prompt, workdir / str(index))
+        difference = None if ids is None else _first_difference(tokens, ids)
+        match = None if ids is None else difference is None
+        tokenization.append(
+            {"backend": backend.spec, "tokens": ids, "match": match, "first_difference": difference}
+        )
+    evaluations: list[Evaluation] = []
+    for index, backend in enumerate(backends):
+        reporter.info(f"  {backend.spec}: evaluating {len(tokens)} tokens")
+        evaluations.append(
+            backend.evaluate(model, tokens, request.n_predict, workdir / str(index) / "eval")
+        )
+    comparisons = []
+    for backend, evaluation in zip(backends[1:], evaluations[1:], strict=True):
+        compared = _compare(evaluations[0], evaluation, tolerances, request.top_k)
+        parity = next(t for t in tokenization if t["backend"] == backend.spec)
+        if parity["match"] is False:
+            compared["verdict"]["passed"] = False
+            compared["verdict"]["failures"].append(
+                {"metric": "tokenization", "value": 0.0, "bound": "min", "threshold": 1.0,
+                 "position": parity["first_difference"], "excess": 1.0,
+                 "message": f"tokenization differs from {first.spec} at token "
+                            f"{parity['first_difference']}"}
+            )  # fmt: skip
+        comparisons.append({"reference": first.spec, "candidate": backend.spec, **compared})
+        reporter.emit({"phase": "comparison", "model": str(model), "candidate": backend.spec,
+                       "passed": compared["verdict"]["passed"],
+                       "summary": compared["metrics"]["summary"]})  # fmt: skip
+    return {
+        "prompt": prompt,
+        "tokens": tokens,
+        "tokenization": tokenization,
+        "evaluations": [
+            {"backend": b.spec, "seconds": round(e.seconds, 3), "continuation": e.continuation}
+            for b, e in zip(backends, evaluations, strict=True)
+        ],
+        "comparisons": comparisons,
+    }
+
+
+def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run every model and prompt through every backend; returns the receipt document."""
+    reporter = reporter or NullReporter()
+    if len(request.backends) < 2:
+        raise UsageError(
+            "crossval compares at least two backends",
+            "e.g. --backend cpp:llama.cpp --backend numpy",
+        )
+    if not request.models:
+        raise UsageError("no models to compare")
+    backends = [make_backend(spec, request.threads) for spec in request.backends]
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    workdir = Path(tempfile.mkdtemp(prefix="xtask-crossval-"))
+    models = []
+    try:
+        for model_index, model in enumerate(request.models):
+            facts = model_facts(model)
+            tolerances = tolerances_for(facts["quant"], request.profile)
+            reporter.info(
+                f"{model.name} ({facts['quant'] or 'unknown quant'}, profile {tolerances.name})"
+            )
+            runs = [
+                _run_prompt(model, prompt, backends, request, tolerances,
+                            workdir / f"m{model_index}" / f"p{i}", reporter)
+                for i, prompt in enumerate(request.prompts)
+            ]  # fmt: skip
+            models.append({**facts, "tolerances": asdict(tolerances), "runs": runs})
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    from bitnet_xtask import __version__
+    from bitnet_xtask.gpu.detect import detect_runtime
+
+    failures = [
+        {**failure, "message": f"{Path(m['path']).name} / {c['candidate']}: {failure['message']}"}
+        for m in models
+        for r in m["runs"]
+        for c in r["comparisons"]
+        for failure in c["verdict"]["failures"]
+    ]
+    return {
+        "kind": RECEIPT_KIND,
+        "version": RECEIPT_VERSION,
+        "tool": {"name": "bitnet-xtask", "version": __version__},
+        "started_at": started,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": detect_runtime().to_dict(),
+        "settings": {
+            "n_predict": request.n_predict,
+            "top_k": request.top_k,
+            "profile": request.profile,
+            "prompts": list(request.prompts),
+        },
+        "backends": [{"spec": b.spec, "identity": b.identity()} for b in backends],
+        "models": models,
+        "verdict": {"passed": not failures, "failures": failures},
+    }

@@ -1,0 +1,230 @@
+"""crossval, verify-receipt and full-crossval for real: the built llama.cpp harness (and
+bitnet.cpp's, where its sources are here) against the NumPy reference on generated
+fixtures, and engines that are wrong on purpose through the cmd: protocol."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import pytest
+from conftest import Xtask
+
+from bitnet_xtask.crossval.receipt import schema_errors, verdict_errors
+from bitnet_xtask.crossval.runner import CrossvalRequest, run_crossval
+from bitnet_xtask.fixtures import generate_fixture
+
+ENGINE = Path(__file__).parent / "engines" / "numpy_engine.py"
+LLAMA_CPP_QUANTS = ("f32", "f16", "q8_0", "q4_0", "tq1_0", "tq2_0")
+
+
+def engine_backend(*extra: str) -> str:
+    argv = [sys.executable, str(ENGINE), "{model}", "{tokens}", "{logits}", "{continuation}",
+            "{n_predict}", *extra]  # fmt: skip
+    return "cmd:" + shlex.join(argv)
+
+
+def checked(receipt: dict[str, Any]) -> dict[str, Any]:
+    """Every receipt the tests make must satisfy its schema and its own re-check."""
+    document: dict[str, Any] = json.loads(json.dumps(receipt))
+    assert schema_errors(document) == []
+    assert verdict_errors(document) == []
+    return document
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fixtures")
+    for size in ("tiny", "small"):
+        for arch in ("llama", "bitnet"):
+            for quant in LLAMA_CPP_QUANTS:
+                generate_fixture(size, arch, quant, 7, out)
+    generate_fixture("tiny", "bitnet", "i2_s", 7, out)
+    return out
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+@pytest.mark.parametrize("arch", ["llama", "bitnet"])
+@pytest.mark.parametrize("quant", LLAMA_CPP_QUANTS)
+def test_llama_cpp_matches_the_reference(
+    llama_bin: Path, fixtures: Path, size: str, arch: str, quant: str
+) -> None:
+    model = fixtures / f"{arch}-{size}-{quant}-seed7.gguf"
+    receipt = checked(
+        run_crossval(CrossvalRequest((model,), (f"cpp:{llama_bin.parent}", "numpy"), threads=2))
+    )
+    (comparison,) = receipt["models"][0]["runs"][0]["comparisons"]
+    profile = "strict" if quant in ("f32", "f16") else "quantized"
+    assert comparison["verdict"]["profile"] == profile
+    assert receipt["verdict"]["passed"], comparison["verdict"]["failures"]
+
+
+def test_bitnet_cpp_runs_i2_s_like_the_reference(bitnet_bin: Path, fixtures: Path) -> None:
+    model = fixtures / "bitnet-tiny-i2_s-seed7.gguf"
+    receipt = checked(
+        run_crossval(CrossvalRequest((model,), (f"cpp:{bitnet_bin.parent}", "numpy"), threads=2))
+    )
+    assert receipt["verdict"]["passed"], receipt["verdict"]["failures"]
+
+
+@pytest.mark.parametrize("quant", ["f32", "tq2_0"])
+def test_bitnet_cpp_against_llama_cpp_on_one_bitnet_fixture(
+    bitnet_bin: Path, llama_bin: Path, fixtures: Path, quant: str
+) -> None:
+    model = fixtures / f"bitnet-tiny-{quant}-seed7.gguf"
+    backends = (f"cpp:{llama_bin.parent}", f"cpp:{bitnet_bin.parent}")
+    receipt = checked(run_crossval(CrossvalRequest((model,), backends, threads=2)))
+    run = receipt["models"][0]["runs"][0]
+    assert [t["match"] for t in run["tokenization"]] == [True, True]  # both tokenize alike
+    assert receipt["verdict"]["passed"], receipt["verdict"]["failures"]
+
+
+def corrupt_one_tensor(model: Path, out: Path, name: str = "blk.1.ffn_down.weight") -> Path:
+    """A copy of `model` with one weight tensor's bytes scrambled (same size, so the file
+    still loads)."""
+    data = bytearray(model.read_bytes())
+    tensor = next(t for t in gguf.GGUFReader(model).tensors if t.name == name)
+    start, size = tensor.data_offset, tensor.n_bytes
+    rng = np.random.default_rng(0)
+    scrambled = rng.permutation(np.frombuffer(bytes(data[start : start + size]), np.uint8))
+    data[start : start + size] = scrambled.tobytes()
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_corrupted_model_fails_on_the_right_metrics(
+    llama_bin: Path, fixtures: Path, xtask: Xtask, tmp_path: Path
+) -> None:
+    good = fixtures / "llama-tiny-f32-seed7.gguf"
+    bad = corrupt_one_tensor(good, tmp_path / "corrupt.gguf")
+    receipt_path = tmp_path / "receipt.json"
+    run = xtask.run(
+        "crossval", "--model", str(good), "--backend", f"cpp:{llama_bin.parent}",
+        "--backend", engine_backend("--model-override", str(bad)),
+        "--receipt", str(receipt_path), timeout=300,
+    )  # fmt: skip
+    assert run.code == 1, run.stderr
+    assert "parity check failed" in run.stderr and "FAIL" in run.stderr
+    receipt = checked(json.loads(receipt_path.read_text()))
+    failed = {f["metric"] for f in receipt["verdict"]["failures"]}
+    assert {"max_abs_diff", "cosine", "kl"} <= failed
+    assert xtask.run("crossval", "verify-receipt", str(receipt_path)).code == 1
+
+
+def test_a_perturbed_logit_is_found_at_its_position(
+    llama_bin: Path, fixtures: Path, xtask: Xtask, tmp_path: Path
+) -> None:
+    model = fixtures / "llama-tiny-f32-seed7.gguf"
+    receipt_path = tmp_path / "receipt.json"
+    run = xtask.run(
+        "crossval", "--model", str(model), "--backend", f"cpp:{llama_bin.parent}",
+        "--backend", engine_backend("--perturb", "3:17:0.5"),
+        "--receipt", str(receipt_path), "--json", timeout=300,
+    )  # fmt: skip
+    assert run.code == 1, run.stderr
+    done = run.events()[-1]
+    assert done["phase"] == "error" and done["code"] == 1
+    receipt = checked(json.loads(receipt_path.read_text()))
+    failures = receipt["verdict"]["failures"]
+    worst = next(f for f in failures if f["metric"] == "max_abs_diff")
+    assert worst["position"] == 3 and worst["value"] == pytest.approx(0.5, abs=0.02)
+    assert worst["excess"] == pytest.approx(0.25, abs=0.02)  # strict allows 0.25
+    assert "at position 3" in run.stderr or "at position 3" in worst["message"]
+
+
+def test_crossval_cli_discovers_models_and_writes_a_verifiable_receipt(
+    llama_bin: Path, xtask: Xtask, tmp_path: Path
+) -> None:
+    generate_fixture("tiny", "llama", "q8_0", 1, xtask.workdir / "models" / "fixtures")
+    run = xtask.run(
+        "crossval", "--backend", f"cpp:{llama_bin.parent}", "--backend", "numpy",
+        "--prompt", "Hello world", "--n-predict", "4", "--json", timeout=300,
+        cwd=xtask.workdir,
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    phases = run.phases()
+    assert "comparison" in phases and phases[-1] == "done"
+    done = run.events()[-1]
+    assert done["passed"] is True
+    receipt_path = xtask.workdir / done["receipt"]
+    assert receipt_path.parent == xtask.workdir / "crossval" / "receipts"
+    receipt = checked(json.loads(receipt_path.read_text()))
+    assert receipt["models"][0]["quant"] == "q8_0"
+    assert receipt["backends"][0]["identity"]["receipt"]["inputs"]["ref"] == "llama.cpp"
+    assert receipt["settings"]["prompts"] == ["Hello world"]
+    assert len(receipt["models"][0]["runs"][0]["evaluations"][0]["continuation"]) == 4
+    verified = xtask.run("crossval", "verify-receipt", str(receipt_path))
+    assert verified.code == 0 and "valid receipt" in verified.stderr
+
+
+def test_verify_receipt_rejects_what_is_not_a_receipt(xtask: Xtask, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.json"
+    junk.write_text('{"kind": "something else"}')
+    run = xtask.run("crossval", "verify-receipt", str(junk))
+    assert run.code == 2 and "not a valid crossval receipt" in run.stderr
+    assert xtask.run("crossval", "verify-receipt", str(tmp_path / "missing.json")).code == 2
+    (tmp_path / "broken.json").write_text("{")
+    assert xtask.run("crossval", "verify-receipt", str(tmp_path / "broken.json")).code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--backend", "numpy"], "at least two backends"),
+        (["--backend", "numpy", "--backend", "gpu:x"], "unknown backend"),
+        (["--backend", "cpp:bitnet.cpp-cuda", "--backend", "numpy"],
+         "xtask fetch-cpp --ref bitnet.cpp --backend cuda"),
+        (["--backend", "numpy", "--backend", "cmd:x {nope}"], "bad cmd: template"),
+        (["--backend", "numpy", "--backend", "numpy"], "does not tokenize"),
+        (["--tolerance-profile", "loose", "--backend", "numpy", "--backend", "numpy"],
+         "unknown tolerance profile"),
+    ],
+)  # fmt: skip
+def test_bad_crossval_arguments_exit_2(
+    xtask: Xtask, tmp_path: Path, args: list[str], message: str
+) -> None:
+    model = generate_fixture("tiny", "llama", "f32", 0, tmp_path).model
+    run = xtask.run("crossval", "--model", str(model), *args)
+    assert run.code == 2 and message in run.stderr, run.stderr
+
+
+def test_no_models_is_a_usage_error(xtask: Xtask) -> None:
+    run = xtask.run("crossval", cwd=xtask.workdir)
+    assert run.code == 2 and "no .gguf models under models/" in run.stderr
+    assert "xtask gen-fixtures" in run.stderr
+
+
+def test_full_crossval_runs_the_pipeline_and_skips_what_is_done(
+    llama_build: Any, cpp_cache_home: Path, xtask: Xtask
+) -> None:
+    env = xtask.env(XDG_CACHE_HOME=str(cpp_cache_home))
+    first = xtask.run(
+        "full-crossval", "--receipt", "r1.json", env=env, timeout=600, cwd=xtask.workdir
+    )
+    assert first.code == 0, first.stderr
+    assert "[1/3] model" in first.stderr and "generated" in first.stderr
+    assert "(nothing to do)" in first.stderr and "pass (strict)" in first.stderr
+    second = xtask.run(
+        "full-crossval", "--receipt", "r2.json", "--json", env=env, timeout=600, cwd=xtask.workdir
+    )
+    assert second.code == 0, second.stderr
+    assert "is up to date" in second.stderr
+    assert [e["step"] for e in second.events() if e["phase"] == "step"] == [
+        "model", "fetch-cpp", "crossval",
+    ]  # fmt: skip
+    assert checked(json.loads((xtask.workdir / "r2.json").read_text()))["verdict"]["passed"]
+
+
+def test_full_crossval_names_the_failing_step_and_the_next_action(
+    xtask: Xtask, tmp_path: Path
+) -> None:
+    env = xtask.env(XDG_CACHE_HOME=str(tmp_path / "cache"), CC="no-such-cc")
+    run = xtask.run("full-crossval", env=env, cwd=xtask.workdir)
+    assert run.code == 2, run.stderr
+    assert "full-crossval step 2/3 (fetch-cpp) failed" in run.stderr
+    assert "xtask fetch-cpp --ref llama.cpp" in run.stderr

@@ -1,0 +1,404 @@
+"""crossval.reference: the NumPy forward pass on GGUF files written here, and against llama.cpp.
+
+The comparison with llama.cpp runs the session's real build (conftest `llama_bin`) on
+hand-written models that gen-fixtures does not make (tied embeddings, other widths);
+the fixtures of every quant type are compared through crossval in test_crossval_cli.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import gguf
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from bitnet_xtask.crossval.metrics import PROFILES, compare_greedy, compare_logits, verdict
+from bitnet_xtask.crossval.reference import (
+    PROJECTIONS,
+    Hparams,
+    RopeType,
+    causal_attention,
+    load_model,
+    rms_norm,
+    rope,
+    rope_angles,
+)
+from bitnet_xtask.errors import XtaskError
+from bitnet_xtask.fixtures import generate_fixture
+
+Floats = npt.NDArray[np.float32]
+TOKENS = [1, 17, 250, 3, 99, 4, 120, 64, 8, 299, 42, 42, 7, 180, 33, 5]
+
+
+@dataclass(frozen=True)
+class Dims:
+    n_vocab: int = 300
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 128
+
+
+def model_tensors(arch: str, dims: Dims = Dims(), seed: int = 0) -> dict[str, Floats]:
+    """Seeded float32 weights: unit-RMS projections, norms near 1, llama with its own head."""
+    rng = np.random.default_rng(seed)
+    d = dims
+    head_dim = d.n_embd // d.n_head
+
+    def matrix(rows: int, cols: int) -> Floats:
+        return (rng.standard_normal((rows, cols)) / math.sqrt(cols)).astype(np.float32)
+
+    def norm(n: int) -> Floats:
+        return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    tensors = {
+        "token_embd.weight": rng.standard_normal((d.n_vocab, d.n_embd)).astype(np.float32),
+        "output_norm.weight": norm(d.n_embd),
+    }
+    if arch == "llama":
+        tensors["output.weight"] = matrix(d.n_vocab, d.n_embd) * np.float32(4.0)
+    for il in range(d.n_layer):
+        blk = f"blk.{il}."
+        tensors |= {
+            f"{blk}attn_norm.weight": norm(d.n_embd),
+            f"{blk}attn_q.weight": matrix(d.n_embd, d.n_embd),
+            f"{blk}attn_k.weight": matrix(d.n_head_kv * head_dim, d.n_embd),
+            f"{blk}attn_v.weight": matrix(d.n_head_kv * head_dim, d.n_embd),
+            f"{blk}attn_output.weight": matrix(d.n_embd, d.n_embd),
+            f"{blk}ffn_norm.weight": norm(d.n_embd),
+            f"{blk}ffn_gate.weight": matrix(d.n_ff, d.n_embd),
+            f"{blk}ffn_up.weight": matrix(d.n_ff, d.n_embd),
+            f"{blk}ffn_down.weight": matrix(d.n_embd, d.n_ff),
+        }
+        if arch == "bitnet":
+            tensors[f"{blk}attn_sub_norm.weight"] = norm(d.n_embd)
+            tensors[f"{blk}ffn_sub_norm.weight"] = norm(d.n_ff)
+    return tensors
+
+
+def write_gguf(
+    path: Path,
+    arch: str,
+    tensors: dict[str, Floats],
+    dims: Dims = Dims(),
+    extra_keys: dict[str, float | str] | None = None,
+) -> Path:
+    """An f32 GGUF that llama.cpp loads: hparams plus a minimal SPM tokenizer."""
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_context_length(256)
+    writer.add_embedding_length(dims.n_embd)
+    writer.add_block_count(dims.n_layer)
+    writer.add_feed_forward_length(dims.n_ff)
+    writer.add_head_count(dims.n_head)
+    writer.add_head_count_kv(dims.n_head_kv)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    for key, value in (extra_keys or {}).items():
+        if isinstance(value, str):
+            writer.add_string(f"{arch}.{key}", value)
+        else:
+            writer.add_float32(f"{arch}.{key}", value)
+    # <unk> <s> </s>, the 256 byte tokens llama.cpp's SPM loader looks up, then pieces.
+    pieces = [f"\u2581p{i}" for i in range(dims.n_vocab - 259)]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces])
+    writer.add_token_scores([0.0] * 259 + [-float(i) for i in range(len(pieces))])
+    writer.add_token_types([2, 3, 3] + [6] * 256 + [1] * len(pieces))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    for name, values in tensors.items():
+        writer.add_tensor(name, values)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(params=["llama", "bitnet"])
+def arch(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def model_path(tmp_path: Path, arch: str) -> Path:
+    return write_gguf(tmp_path / f"{arch}.gguf", arch, model_tensors(arch))
+
+
+# --- the forward pass ------------------------------------------------------------------
+
+
+def test_logits_shape_and_hparams(model_path: Path, arch: str) -> None:
+    model = load_model(model_path)
+    hp = model.hparams
+    assert (hp.arch, hp.n_vocab, hp.n_layer, hp.head_dim, hp.n_rot) == (arch, 300, 2, 16, 16)
+    assert hp.rope_type == {"llama": "norm", "bitnet": "neox"}[arch]
+    assert hp.rms_eps == pytest.approx(1e-5)
+    logits = model.logits(TOKENS)
+    assert logits.shape == (16, 300) and logits.dtype == np.float32
+    assert np.isfinite(logits).all() and logits.std() > 0.5
+
+
+def test_position_i_does_not_see_later_tokens(model_path: Path) -> None:
+    model = load_model(model_path)
+    full = model.logits(TOKENS)
+    other_tail = model.logits(TOKENS[:8] + [2] * 8)
+    np.testing.assert_allclose(full[:8], other_tail[:8], rtol=0, atol=1e-5)
+    assert np.abs(full[8:] - other_tail[8:]).min(axis=1).max() > 0
+    np.testing.assert_allclose(model.logits(TOKENS[:5]), full[:5], rtol=0, atol=1e-5)
+    # ... while an earlier token does reach every later position.
+    changed_first = model.logits([2, *TOKENS[1:]])
+    assert (np.abs(changed_first - full).max(axis=1) > 1e-3).all()
+
+
+def test_llama_without_output_weight_uses_the_embeddings(tmp_path: Path) -> None:
+    tensors = model_tensors("llama")
+    tied = {name: t for name, t in tensors.items() if name != "output.weight"}
+    explicit = tied | {"output.weight": tied["token_embd.weight"].copy()}
+    tied_logits = load_model(write_gguf(tmp_path / "tied.gguf", "llama", tied)).logits(TOKENS)
+    explicit_model = load_model(write_gguf(tmp_path / "explicit.gguf", "llama", explicit))
+    np.testing.assert_array_equal(tied_logits, explicit_model.logits(TOKENS))
+    untied = load_model(write_gguf(tmp_path / "untied.gguf", "llama", tensors))
+    assert not np.allclose(untied.logits(TOKENS), tied_logits)
+
+
+def test_bitnet_has_no_output_weight(tmp_path: Path) -> None:
+    tensors = model_tensors("bitnet") | {"output.weight": model_tensors("llama")["output.weight"]}
+    path = write_gguf(tmp_path / "bitnet.gguf", "bitnet", tensors)
+    with pytest.raises(XtaskError, match=r"tensors the bitnet graph does not use: \['output"):
+        load_model(path)
+
+
+def test_scale_tensors_multiply_their_projection(tmp_path: Path, arch: str) -> None:
+    """blk.N.<m>.scale times W's output equals the product with W pre-scaled."""
+    tensors = model_tensors(arch)
+    scaled, prescaled = dict(tensors), dict(tensors)
+    for il in range(Dims().n_layer):
+        for i, m in enumerate(PROJECTIONS):
+            factor = np.float32(2.0 ** (i % 3 - 1))  # powers of two: exact in float32
+            scaled[f"blk.{il}.{m}.scale"] = np.array([factor], dtype=np.float32)
+            prescaled[f"blk.{il}.{m}.weight"] = tensors[f"blk.{il}.{m}.weight"] * factor
+    with_scales = load_model(write_gguf(tmp_path / "s.gguf", arch, scaled)).logits(TOKENS)
+    folded = load_model(write_gguf(tmp_path / "p.gguf", arch, prescaled)).logits(TOKENS)
+    np.testing.assert_allclose(with_scales, folded, rtol=1e-6, atol=1e-5)
+    plain = load_model(write_gguf(tmp_path / "plain.gguf", arch, tensors)).logits(TOKENS)
+    assert not np.allclose(with_scales, plain, atol=1e-3)
+
+
+def test_rope_freqs_and_linear_scaling_read_from_the_file(tmp_path: Path) -> None:
+    """Dividing every frequency by 2 (llama 3's rope_freqs) equals linear scaling by 2."""
+    tensors = model_tensors("llama")
+    freqs = tensors | {"rope_freqs.weight": np.full(8, 2.0, dtype=np.float32)}
+    by_tensor = load_model(write_gguf(tmp_path / "f.gguf", "llama", freqs))
+    linear: dict[str, float | str] = {"rope.scaling.type": "linear", "rope.scaling.factor": 2.0}
+    by_key = load_model(write_gguf(tmp_path / "k.gguf", "llama", tensors, extra_keys=linear))
+    assert by_key.hparams.rope_freq_scale == 0.5
+    np.testing.assert_allclose(by_tensor.logits(TOKENS), by_key.logits(TOKENS), atol=1e-5)
+    plain = load_model(write_gguf(tmp_path / "plain.gguf", "llama", tensors))
+    assert not np.allclose(plain.logits(TOKENS), by_key.logits(TOKENS), atol=1e-3)
+
+
+def test_weights_that_do_not_fit_the_cache_are_read_again(model_path: Path) -> None:
+    uncached = load_model(model_path, weight_cache_bytes=0)
+    np.testing.assert_array_equal(uncached.logits(TOKENS), load_model(model_path).logits(TOKENS))
+    np.testing.assert_array_equal(uncached.logits(TOKENS), uncached.logits(TOKENS))
+
+
+def test_greedy_is_the_argmax_fed_back(model_path: Path) -> None:
+    model = load_model(model_path)
+    tokens = TOKENS[:6]
+    expected: list[int] = []
+    for _ in range(4):
+        expected.append(int(np.argmax(model.logits(tokens + expected)[-1])))
+    assert model.greedy(tokens, 4) == expected
+    assert model.greedy(tokens, 0) == []
+
+
+def test_i2_s_reads_as_the_same_weights_as_tq2_0(tmp_path: Path) -> None:
+    """Fixtures of one seed share ternary weights, which i2_s and tq2_0 both store exactly."""
+    i2_s = generate_fixture("tiny", "bitnet", "i2_s", 3, tmp_path).model
+    tq2_0 = generate_fixture("tiny", "bitnet", "tq2_0", 3, tmp_path).model
+    tokens = [1, 50, 300, 7, 9]
+    np.testing.assert_array_equal(load_model(i2_s).logits(tokens), load_model(tq2_0).logits(tokens))
+
+
+# --- the steps, on known answers -------------------------------------------------------
+
+
+def rope_hparams(n_rot: int, head_dim: int, rope_type: RopeType) -> Hparams:
+    return Hparams(
+        arch="llama" if rope_type == "norm" else "bitnet",
+        n_vocab=8,
+        n_ctx_train=16,
+        n_embd=head_dim,
+        n_layer=1,
+        n_head=1,
+        n_head_kv=1,
+        head_dim=head_dim,
+        n_ff=8,
+        n_rot=n_rot,
+        rope_type=rope_type,
+        rope_freq_base=10000.0,
+        rope_freq_scale=1.0,
+        rms_eps=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("rope_type", "expected"),
+    [
+        ("norm", [math.cos(1), math.sin(1), 0.0, 0.0]),  # rotates (x0, x1)
+        ("neox", [math.cos(1), 0.0, math.sin(1), 0.0]),  # rotates (x0, x2)
+    ],
+)
+def test_rope_pairs(rope_type: RopeType, expected: list[float]) -> None:
+    cos, sin = rope_angles(rope_hparams(4, 4, rope_type), 2, None)
+    x = np.zeros((2, 1, 4))
+    x[:, 0, 0] = 1.0
+    out = rope(x, cos, sin, rope_type)
+    np.testing.assert_allclose(out[0, 0], [1.0, 0.0, 0.0, 0.0])  # position 0: no rotation
+    np.testing.assert_allclose(out[1, 0], expected)  # position 1, pair 0: theta = 1 rad
+
+
+def test_rope_frequencies() -> None:
+    hp = rope_hparams(4, 4, "norm")
+    cos, _ = rope_angles(hp, 3, None)
+    # theta[p, i] = p * base^(-2i/n_rot): pair 1 of a 4-wide rotation turns by p / 100.
+    np.testing.assert_allclose(cos[:, 0, 1], np.cos([0.0, 0.01, 0.02]))
+    scaled, _ = rope_angles(replace(hp, rope_freq_scale=0.5), 3, None)
+    np.testing.assert_allclose(scaled[2], cos[1])
+    divided, _ = rope_angles(hp, 3, np.array([1.0, 2.0], dtype=np.float32))
+    np.testing.assert_allclose(divided[2, 0, 1], cos[1, 0, 1])
+
+
+def test_partial_rope_leaves_the_rest_of_the_head() -> None:
+    cos, sin = rope_angles(rope_hparams(2, 4, "neox"), 3, None)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4))
+    out = rope(x, cos, sin, "neox")
+    np.testing.assert_array_equal(out[..., 2:], x[..., 2:])
+    assert not np.allclose(out[1:, :, :2], x[1:, :, :2])
+
+
+def test_attention_groups_query_heads_onto_kv_heads() -> None:
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((3, 4, 8)), rng.standard_normal((3, 2, 8))
+    v = rng.standard_normal((3, 2, 8))
+    out = causal_attention(q, k, v, 1 / math.sqrt(8)).reshape(3, 4, 8)
+    # Position 0 sees only itself: query heads 0-1 read KV head 0, heads 2-3 KV head 1.
+    np.testing.assert_allclose(out[0], v[0, [0, 0, 1, 1]])
+    scores = q[2, 3] @ k[:, 1].T / math.sqrt(8)
+    weights = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    np.testing.assert_allclose(out[2, 3], weights @ v[:, 1])
+
+
+def test_rms_norm() -> None:
+    out = rms_norm(np.array([[3.0, 4.0]]), np.array([1.0, 2.0], dtype=np.float32), 0.5)
+    np.testing.assert_allclose(out[0], [3 / math.sqrt(13.0), 8 / math.sqrt(13.0)])
+
+
+# --- what the reference refuses --------------------------------------------------------
+
+
+def test_unknown_architecture(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "gpt2.gguf", "gpt2", model_tensors("llama"))
+    with pytest.raises(XtaskError, match="architecture 'gpt2' is not one the reference"):
+        load_model(path)
+
+
+def test_missing_and_misshapen_tensors(tmp_path: Path) -> None:
+    tensors = model_tensors("bitnet")
+    missing = {n: t for n, t in tensors.items() if n != "blk.1.ffn_sub_norm.weight"}
+    with pytest.raises(XtaskError, match=r"tensors missing: blk\.1\.ffn_sub_norm\.weight"):
+        load_model(write_gguf(tmp_path / "m.gguf", "bitnet", missing))
+    bad = tensors | {"blk.0.attn_k.weight": tensors["blk.0.attn_q.weight"]}
+    with pytest.raises(XtaskError, match=r"blk\.0\.attn_k\.weight has shape \(64, 64\)"):
+        load_model(write_gguf(tmp_path / "s.gguf", "bitnet", bad))
+
+
+def test_yarn_is_refused(tmp_path: Path) -> None:
+    path = write_gguf(
+        tmp_path / "y.gguf",
+        "llama",
+        model_tensors("llama"),
+        extra_keys={"rope.scaling.type": "yarn"},
+    )
+    with pytest.raises(XtaskError, match="RoPE scaling 'yarn' is not implemented"):
+        load_model(path)
+
+
+def test_bad_tokens_and_files(model_path: Path, tmp_path: Path) -> None:
+    model = load_model(model_path)
+    with pytest.raises(XtaskError, match=r"token ids must lie in \[0, 300\)"):
+        model.logits([1, 300])
+    with pytest.raises(XtaskError, match="non-empty"):
+        model.logits([])
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(model_path.read_bytes()[:-100])
+    with pytest.raises(XtaskError, match="runs past the end of the file"):
+        load_model(truncated).logits(TOKENS)
+    not_gguf = tmp_path / "x.gguf"
+    not_gguf.write_bytes(b"definitely not a model")
+    with pytest.raises(XtaskError, match=r"cannot read .* as GGUF"):
+        load_model(not_gguf)
+
+
+# --- against llama.cpp -----------------------------------------------------------------
+
+
+def run_harness(
+    harness: Path, model: Path, tokens: list[int], out: Path
+) -> tuple[Floats, list[int]] | str:
+    """llama.cpp's logits (N x V float32) and greedy continuation, or its error message."""
+    ids = ",".join(map(str, tokens))
+    command: list[str | Path] = [
+        harness,
+        "--model",
+        model,
+        "--tokens",
+        ids,
+        "--out",
+        out,
+        "--n-predict",
+        "8",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        return proc.stderr.strip()
+    n_vocab = json.loads((out / "tokens.json").read_text())["n_vocab"]
+    logits = np.fromfile(out / "logits.f32", dtype="<f4").reshape(len(tokens), n_vocab)
+    continuation: list[int] = json.loads((out / "continuation.json").read_text())["tokens"]
+    return logits, continuation
+
+
+def own_model(tmp_path: Path, name: str) -> Path:
+    arch, _, variant = name.partition("-")
+    tensors = model_tensors(arch, seed=5)
+    if variant == "tied":
+        del tensors["output.weight"]
+    return write_gguf(tmp_path / f"{name}.gguf", arch, tensors)
+
+
+CASES = ("llama", "llama-tied", "bitnet")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_matches_llama_cpp(llama_bin: Path, tmp_path: Path, name: str) -> None:
+    path = own_model(tmp_path, name)
+    model = load_model(path)
+    tokens = [int(t) for t in np.random.default_rng(1).integers(3, model.hparams.n_vocab, 24)]
+    result = run_harness(llama_bin / "xtask-logits", path, tokens, tmp_path / "out")
+    if isinstance(result, str):
+        pytest.fail(f"xtask-logits failed on {path.name}: {result}")
+    cpp_logits, cpp_continuation = result
+    comparison = compare_logits(model.logits(tokens), cpp_logits)
+    greedy = compare_greedy(model.greedy(tokens, 8), cpp_continuation)
+    judged = verdict(comparison, PROFILES["strict"], greedy)
+    assert judged.passed, "\n".join(f.message() for f in judged.failures)

@@ -209,6 +209,13 @@ def llama_build(local_pin: SdistPin, cpp_cache_home: Path) -> BuildResult:
 
 
 @pytest.fixture(scope="session")
+def llama_native_build(local_pin: SdistPin, cpp_cache_home: Path) -> BuildResult:
+    """The same source with GGML_NATIVE=ON (tuned for this CPU), in its own directory."""
+    with cache_home(cpp_cache_home):
+        return build_reference(BuildRequest(native=True), pins={"llama.cpp": local_pin})
+
+
+@pytest.fixture(scope="session")
 def llama_bin(request: pytest.FixtureRequest) -> Path:
     """A llama.cpp bin/ with xtask-logits: `XTASK_TEST_LLAMA_BIN`, or the session build."""
     if given := os.environ.get("XTASK_TEST_LLAMA_BIN"):

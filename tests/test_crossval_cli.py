@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from conftest import Xtask
 
+from bitnet_xtask.cpp.build import BuildResult
 from bitnet_xtask.crossval.receipt import schema_errors, verdict_errors
 from bitnet_xtask.crossval.runner import CrossvalRequest, run_crossval
 from bitnet_xtask.fixtures import generate_fixture
@@ -82,6 +83,23 @@ def test_bitnet_cpp_against_llama_cpp_on_one_bitnet_fixture(
     run = receipt["models"][0]["runs"][0]
     assert [t["match"] for t in run["tokenization"]] == [True, True]  # both tokenize alike
     assert receipt["verdict"]["passed"], receipt["verdict"]["failures"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("quant", ["f32", "q8_0"])
+def test_two_builds_with_different_flags_agree(
+    llama_build: BuildResult, llama_native_build: BuildResult, fixtures: Path, quant: str
+) -> None:
+    """Portable (GGML_NATIVE=OFF) against native (-march=native) builds of one source."""
+    assert llama_native_build.directory.name.endswith("-cpu-native")
+    assert "-DGGML_NATIVE=ON" in llama_native_build.receipt["inputs"]["cmake_flags"]
+    model = fixtures / f"llama-small-{quant}-seed7.gguf"
+    backends = (f"cpp:{llama_build.directory}", f"cpp:{llama_native_build.directory}")
+    receipt = checked(run_crossval(CrossvalRequest((model,), backends, threads=2)))
+    assert receipt["verdict"]["passed"], receipt["verdict"]["failures"]
+    flags = [b["identity"]["receipt"]["inputs"]["cmake_flags"] for b in receipt["backends"]]
+    assert flags[0] != flags[1]
 
 
 def corrupt_one_tensor(model: Path, out: Path, name: str = "blk.1.ffn_down.weight") -> Path:
@@ -200,7 +218,7 @@ def test_no_models_is_a_usage_error(xtask: Xtask) -> None:
 
 
 def test_full_crossval_runs_the_pipeline_and_skips_what_is_done(
-    llama_build: Any, cpp_cache_home: Path, xtask: Xtask
+    llama_build: BuildResult, cpp_cache_home: Path, xtask: Xtask
 ) -> None:
     env = xtask.env(XDG_CACHE_HOME=str(cpp_cache_home))
     first = xtask.run(
@@ -228,3 +246,26 @@ def test_full_crossval_names_the_failing_step_and_the_next_action(
     assert run.code == 2, run.stderr
     assert "full-crossval step 2/3 (fetch-cpp) failed" in run.stderr
     assert "xtask fetch-cpp --ref llama.cpp" in run.stderr
+
+
+def test_token_ids_need_no_tokenizer_and_an_external_engine_can_pass(
+    xtask: Xtask, tmp_path: Path
+) -> None:
+    """numpy against an engine behind cmd:, on given ids: no C++ build involved."""
+    model = generate_fixture("tiny", "bitnet", "q4_0", 2, tmp_path).model
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps({"tokens": [1, 300, 301, 5, 17, 42]}))
+    receipt_path = tmp_path / "r.json"
+    run = xtask.run(
+        "crossval", "--model", str(model), "--backend", "numpy", "--backend", engine_backend(),
+        "--tokens-file", str(ids), "--receipt", str(receipt_path), timeout=300,
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    receipt = checked(json.loads(receipt_path.read_text()))
+    assert receipt["settings"]["token_ids"] == [1, 300, 301, 5, 17, 42]
+    (only,) = receipt["models"][0]["runs"]
+    assert only["prompt"] is None and only["tokenization"] == []
+    assert only["comparisons"][0]["metrics"]["summary"]["max_abs_diff"] == 0.0
+    both = xtask.run("crossval", "--model", str(model), "--tokens-file", str(ids),
+                     "--prompt", "x", "--backend", "numpy", "--backend", "numpy")  # fmt: skip
+    assert both.code == 2 and "not both" in both.stderr

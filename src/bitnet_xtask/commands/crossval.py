@@ -3,6 +3,7 @@ and `crossval.receipt`."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,24 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> tuple[st
     from bitnet_xtask.crossval.runner import DEFAULT_PROMPT
 
     return prompt or (DEFAULT_PROMPT,)
+
+
+def read_token_ids(path: Path) -> tuple[int, ...]:
+    """--tokens-file: JSON (`[1, 2]` or `{"tokens": [1, 2]}`) or ids separated by spaces or
+    commas, for engines or models without a tokenizer."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        loaded = json.loads(text)
+        ids = loaded["tokens"] if isinstance(loaded, dict) else loaded
+    except (ValueError, KeyError):
+        ids = text.replace(",", " ").split()
+    try:
+        parsed = tuple(int(i) for i in ids)
+    except (TypeError, ValueError):
+        parsed = ()
+    if not parsed or any(i < 0 for i in parsed):
+        raise UsageError(f"{path}: expected non-negative token ids (JSON list or whitespace)")
+    return parsed
 
 
 def summary_table(receipt: dict[str, Any]) -> str:
@@ -104,6 +123,11 @@ def default_receipt() -> Path:
     help="A file with one prompt per line.",
 )
 @click.option(
+    "--tokens-file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Token ids to evaluate instead of a prompt (no tokenizer needed).",
+)
+@click.option(
     "--n-predict",
     type=click.IntRange(0),
     default=8,
@@ -130,6 +154,7 @@ def crossval_command(
     backends: tuple[str, ...],
     prompt: tuple[str, ...],
     prompts_file: Path | None,
+    tokens_file: Path | None,
     n_predict: int,
     profile: str | None,
     top_k: int,
@@ -142,6 +167,8 @@ def crossval_command(
         return
     reporter = ConsoleReporter(json_lines=json_lines, progress=False)
     with reporting(reporter):
+        if tokens_file and (prompt or prompts_file):
+            raise UsageError("give a prompt or --tokens-file, not both")
         from bitnet_xtask.crossval.runner import (
             DEFAULT_BACKENDS,
             CrossvalRequest,
@@ -153,6 +180,7 @@ def crossval_command(
             models=models or discover_models(Path("models")),
             backends=backends or DEFAULT_BACKENDS,
             prompts=read_prompts(prompt, prompts_file),
+            token_ids=read_token_ids(tokens_file) if tokens_file else None,
             n_predict=n_predict,
             profile=profile,
             top_k=top_k,

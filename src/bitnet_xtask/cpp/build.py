@@ -149,12 +149,20 @@ def _compiler(variable: str, names: Sequence[str]) -> str | None:
     return next((path for name in names if (path := shutil.which(name))), None)
 
 
+def _clang(variable: str, name: str) -> str | None:
+    """$CC/$CXX when it names a Clang (a Nix or distro shell often sets gcc), else clang."""
+    chosen = os.environ.get(variable, "")
+    if "clang" in Path(chosen).name:
+        return shutil.which(chosen)
+    return shutil.which(name)
+
+
 def check_environment(request: BuildRequest, directory: Path) -> dict[str, str]:
     """Name the missing piece before any time is spent (makefile-discipline)."""
     tools = build_tools()
     missing = [tool for tool in ("cmake", "ninja") if tool not in tools]
     if request.ref == "bitnet.cpp":  # its CMakeLists refuses anything but Clang
-        cc, cxx = _compiler("CC", ("clang",)), _compiler("CXX", ("clang++",))
+        cc, cxx = _clang("CC", "clang"), _clang("CXX", "clang++")
         c_names, cxx_names = "clang (bitnet.cpp needs Clang)", "clang++"
     else:
         cc, cxx = (
@@ -306,7 +314,8 @@ def build_reference(
     reporter = reporter or NullReporter()
     pin = resolve_pin(request, pins if pins is not None else load_pins())
     tag = "local" if request.source else revision(pin)
-    directory = cpp_cache_root() / f"{request.ref}-{tag}-{request.backend}"
+    variant = f"{request.backend}-native" if request.native else request.backend
+    directory = cpp_cache_root() / f"{request.ref}-{tag}-{variant}"
     if request.clean and directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)

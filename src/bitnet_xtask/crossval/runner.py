@@ -35,6 +35,7 @@ class CrossvalRequest:
     models: tuple[Path, ...]
     backends: tuple[str, ...] = DEFAULT_BACKENDS
     prompts: tuple[str, ...] = (DEFAULT_PROMPT,)
+    token_ids: tuple[int, ...] | None = None  # instead of prompts: no tokenizing at all
     n_predict: int = 8
     profile: str | None = None  # strict | quantized | a JSON file; None: from the quant
     top_k: int = metrics.DEFAULT_TOP_K
@@ -93,21 +94,16 @@ def _compare(
     }
 
 
-def _run_prompt(
-    model: Path,
-    prompt: str,
-    backends: Sequence[Backend],
-    request: CrossvalRequest,
-    tolerances: metrics.Tolerances,
-    workdir: Path,
-    reporter: Reporter,
-) -> dict[str, Any]:
+def _tokenize(
+    model: Path, prompt: str, backends: Sequence[Backend], workdir: Path
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """The first backend's ids, and every tokenizing backend's agreement with them."""
     first = backends[0]
     tokens = first.tokenize(model, prompt, workdir / "0")
     if tokens is None:
         raise UsageError(
             f"the first backend ({first.spec}) does not tokenize",
-            "put a tokenizing backend (cpp:...) first: its ids are what all evaluate",
+            "put a tokenizing backend (cpp:...) first, or give the ids with --tokens-file",
         )
     tokenization = []
     for index, backend in enumerate(backends):
@@ -117,6 +113,24 @@ def _run_prompt(
         tokenization.append(
             {"backend": backend.spec, "tokens": ids, "match": match, "first_difference": difference}
         )
+    return tokens, tokenization
+
+
+def _run_prompt(
+    model: Path,
+    prompt: str | None,
+    backends: Sequence[Backend],
+    request: CrossvalRequest,
+    tolerances: metrics.Tolerances,
+    workdir: Path,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    first = backends[0]
+    tokenization: list[dict[str, Any]] = []
+    if prompt is None:
+        tokens = list(request.token_ids or ())
+    else:
+        tokens, tokenization = _tokenize(model, prompt, backends, workdir)
     evaluations: list[Evaluation] = []
     for index, backend in enumerate(backends):
         reporter.info(f"  {backend.spec}: evaluating {len(tokens)} tokens")
@@ -126,8 +140,8 @@ def _run_prompt(
     comparisons = []
     for backend, evaluation in zip(backends[1:], evaluations[1:], strict=True):
         compared = _compare(evaluations[0], evaluation, tolerances, request.top_k)
-        parity = next(t for t in tokenization if t["backend"] == backend.spec)
-        if parity["match"] is False:
+        parity = next((t for t in tokenization if t["backend"] == backend.spec), {})
+        if parity.get("match") is False:
             compared["verdict"]["passed"] = False
             compared["verdict"]["failures"].append(
                 {"metric": "tokenization", "value": 0.0, "bound": "min", "threshold": 1.0,
@@ -163,6 +177,7 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
         raise UsageError("no models to compare")
     backends = [make_backend(spec, request.threads) for spec in request.backends]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    inputs: Sequence[str | None] = request.prompts if request.token_ids is None else [None]
     workdir = Path(tempfile.mkdtemp(prefix="xtask-crossval-"))
     models = []
     try:
@@ -175,7 +190,7 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
             runs = [
                 _run_prompt(model, prompt, backends, request, tolerances,
                             workdir / f"m{model_index}" / f"p{i}", reporter)
-                for i, prompt in enumerate(request.prompts)
+                for i, prompt in enumerate(inputs)
             ]  # fmt: skip
             models.append({**facts, "tolerances": asdict(tolerances), "runs": runs})
     finally:
@@ -201,7 +216,8 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
             "n_predict": request.n_predict,
             "top_k": request.top_k,
             "profile": request.profile,
-            "prompts": list(request.prompts),
+            "prompts": list(request.prompts) if request.token_ids is None else [],
+            "token_ids": None if request.token_ids is None else list(request.token_ids),
         },
         "backends": [{"spec": b.spec, "identity": b.identity()} for b in backends],
         "models": models,

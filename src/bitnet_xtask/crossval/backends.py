@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from bitnet_xtask.cache import cpp_cache_root
+from bitnet_xtask.crossval.logits_file import LogitsFile
 from bitnet_xtask.errors import UsageError, XtaskError
 
-Logits = npt.NDArray[np.floating[Any]]
 PREFIX_ENV = "XTASK_CPP_PREFIX_"  # + LLAMA_CPP / BITNET_CPP: a prefix with bin/ (Nix)
 
 
@@ -50,7 +49,7 @@ class Evaluation:
     """One backend's answer for one model and one sequence of token ids."""
 
     tokens: list[int]
-    logits: Logits  # (n_tokens, n_vocab), usually a read-only memory map
+    logits: LogitsFile  # (n_tokens, n_vocab), on disk, read a block of rows at a time
     continuation: list[int] | None
     seconds: float
 
@@ -97,7 +96,7 @@ def _read_ids(path: Path, what: str) -> list[int]:
     return ids
 
 
-def _check_shape(logits: Logits, n_tokens: int, what: str) -> Logits:
+def _check_shape(logits: LogitsFile, n_tokens: int, what: str) -> LogitsFile:
     if logits.ndim != 2 or logits.shape[0] != n_tokens:
         raise BackendError(
             f"{what}: logits have shape {logits.shape}, expected ({n_tokens}, n_vocab)"
@@ -129,9 +128,7 @@ class NumpyBackend:
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "logits.npy"
         np.save(path, np.asarray(logits, dtype=np.float32))
-        return Evaluation(
-            tokens, np.load(path, mmap_mode="r"), continuation, time.monotonic() - started
-        )
+        return Evaluation(tokens, LogitsFile.npy(path), continuation, time.monotonic() - started)
 
 
 @dataclass
@@ -169,13 +166,10 @@ class CppBackend:
         ids.write_text(" ".join(map(str, tokens)) + "\n", encoding="utf-8")
         out = self._harness(model, ["--tokens-file", str(ids)], workdir / "eval", n_predict)
         n_vocab = json.loads((out / "tokens.json").read_text(encoding="utf-8"))["n_vocab"]
-        raw = np.memmap(out / "logits.f32", dtype="<f4", mode="r")
-        if raw.size != len(tokens) * n_vocab:
-            raise BackendError(
-                f"{self.spec}: logits.f32 holds {raw.size} floats, "
-                f"expected {len(tokens)} x {n_vocab}"
-            )
-        logits = raw.reshape(len(tokens), n_vocab)
+        try:
+            logits = LogitsFile.raw(out / "logits.f32", len(tokens), n_vocab)
+        except ValueError as exc:
+            raise BackendError(f"{self.spec}: {exc}") from None
         continuation = _read_ids(out / "continuation.json", self.spec)
         return Evaluation(tokens, logits, continuation, time.monotonic() - started)
 
@@ -208,7 +202,7 @@ class CommandBackend:
         started = time.monotonic()
         _run(argv, self.spec)
         try:
-            logits = np.load(files["logits"], mmap_mode="r")
+            logits = LogitsFile.npy(Path(files["logits"]))
         except (OSError, ValueError) as exc:
             raise BackendError(f"{self.spec}: cannot read {files['logits']}: {exc}") from None
         if logits.dtype not in (np.float32, np.float64):

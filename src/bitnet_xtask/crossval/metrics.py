@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +29,7 @@ from bitnet_xtask.errors import UsageError
 Floats = npt.NDArray[np.float64]
 
 DEFAULT_TOP_K = 5
-DEFAULT_CHUNK_BYTES = 64 << 20
+DEFAULT_CHUNK_BYTES = 16 << 20
 """The float64 size of one chunk of rows; the peak is a small multiple of it."""
 
 
@@ -127,9 +127,22 @@ class LogitsComparison:
         }
 
 
+class Rows(Protocol):
+    """A (n_positions, n_vocab) matrix that hands out blocks of rows: an ndarray, a
+    memory map, or a `crossval.logits_file.LogitsFile`."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def ndim(self) -> int: ...
+
+    def __getitem__(self, rows: slice, /) -> Any: ...
+
+
 def compare_logits(
-    reference: npt.NDArray[Any],
-    candidate: npt.NDArray[Any],
+    reference: Rows,
+    candidate: Rows,
     *,
     top_k: int = DEFAULT_TOP_K,
     chunk_positions: int | None = None,
@@ -137,7 +150,7 @@ def compare_logits(
     """Compare two (n_positions, n_vocab) logits matrices, chunk_positions rows at a time.
 
     The default chunk keeps one float64 copy of a chunk near DEFAULT_CHUNK_BYTES. The
-    inputs are only sliced, so np.memmap inputs are read one chunk at a time.
+    inputs are only sliced, so file-backed inputs are read one chunk at a time.
     """
     if reference.ndim != 2 or reference.shape != candidate.shape or reference.shape[0] == 0:
         raise ValueError(

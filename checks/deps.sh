@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what lint and tests need from Debian when running as root: nginx and
-# tinyproxy (real peers for the download tests), the Vulkan loader and Mesa's drivers
-# (the WebGPU probe's tests); then this package with its dev extras.
+# tinyproxy (real peers for the download tests), nix-bin, Clang and g++ (the C++
+# reference builds), the Vulkan loader and Mesa's drivers (the WebGPU probe's tests);
+# then this package with its dev extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-light
 command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
 # Nix 2.8 for checking our NAR hashes against `nix hash path`.
 command -v nix >/dev/null 2>&1 || need+=(nix-bin)
+# Clang (and a C/C++ toolchain) for the real llama.cpp and bitnet.cpp builds.
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
 # The real Vulkan loader and Mesa's drivers (lavapipe) for the WebGPU probe's tests.
 ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1 ' || need+=(libvulkan1)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || [ "$(uname -m)" != x86_64 ] \

@@ -1,0 +1,80 @@
+# The `xtask` application: pyproject.toml built with the pinned nixpkgs Python.
+{
+  lib,
+  python,
+  gguf,
+  cmake,
+  ninja,
+  project,
+}:
+let
+  # pyproject.toml's dependencies (less cmake and ninja, below) and its `dev` extra
+  # (less ruff, which the shells and checks take from nixpkgs as a binary).
+  dependencies = [
+    python.pkgs.click
+    python.pkgs.jsonschema
+    python.pkgs.numpy
+    python.pkgs.pyelftools
+    python.pkgs.requests
+    python.pkgs.tqdm
+    gguf
+  ];
+  devDependencies = [
+    python.pkgs.mypy
+    python.pkgs.pytest
+    python.pkgs.pytest-timeout
+    python.pkgs.types-jsonschema
+    python.pkgs.types-requests
+    python.pkgs.types-tqdm
+  ];
+in
+python.pkgs.buildPythonApplication {
+  inherit (project) pname version;
+  pyproject = true;
+
+  # Only what the wheel is built from, so editing tests or nix/ does not rebuild it.
+  src = lib.fileset.toSource {
+    root = ../.;
+    fileset = lib.fileset.unions [
+      ../pyproject.toml
+      ../README.md
+      ../src
+    ];
+  };
+
+  build-system = [
+    python.pkgs.setuptools
+    python.pkgs.wheel
+  ];
+  inherit dependencies;
+  # PyPI's cmake and ninja wheels are how pip users get pinned build tools; here the
+  # pinned nixpkgs provides them, on PATH (cpp/build.py falls back to PATH).
+  pythonRemoveDeps = [
+    "cmake"
+    "ninja"
+  ];
+  makeWrapperArgs = [
+    "--prefix"
+    "PATH"
+    ":"
+    (lib.makeBinPath [
+      cmake
+      ninja
+    ])
+  ];
+
+  # The suite needs its servers and builds llama.cpp: it runs as checks.tests.
+  doCheck = false;
+  pythonImportsCheck = [
+    "bitnet_xtask"
+    "bitnet_xtask.cli"
+  ];
+
+  # The shells and checks build their Python environments from these.
+  passthru = { inherit dependencies devDependencies; };
+
+  meta = {
+    inherit (project) description mainProgram;
+    license = lib.licenses.mit;
+  };
+}

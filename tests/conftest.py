@@ -208,6 +208,15 @@ def llama_build(local_pin: SdistPin, cpp_cache_home: Path) -> BuildResult:
         return build_reference(BuildRequest(), pins={"llama.cpp": local_pin})
 
 
+def _bin_dir(request: pytest.FixtureRequest, variable: str, build_fixture: str) -> Path:
+    """A bin/ named by `variable` (to iterate without rebuilding), else the build's; the
+    build fixture is only requested (and built) when the variable is unset."""
+    if given := os.environ.get(variable):
+        return Path(given)
+    build: BuildResult = request.getfixturevalue(build_fixture)
+    return build.bin_dir
+
+
 @pytest.fixture(scope="session")
 def llama_native_build(local_pin: SdistPin, cpp_cache_home: Path) -> BuildResult:
     """The same source with GGML_NATIVE=ON (tuned for this CPU), in its own directory."""
@@ -218,10 +227,7 @@ def llama_native_build(local_pin: SdistPin, cpp_cache_home: Path) -> BuildResult
 @pytest.fixture(scope="session")
 def llama_bin(request: pytest.FixtureRequest) -> Path:
     """A llama.cpp bin/ with xtask-logits: `XTASK_TEST_LLAMA_BIN`, or the session build."""
-    if given := os.environ.get("XTASK_TEST_LLAMA_BIN"):
-        return Path(given)
-    build: BuildResult = request.getfixturevalue("llama_build")
-    return build.bin_dir
+    return _bin_dir(request, "XTASK_TEST_LLAMA_BIN", "llama_build")
 
 
 @pytest.fixture(scope="session")
@@ -242,7 +248,4 @@ def bitnet_build(bitnet_source: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="session")
 def bitnet_bin(request: pytest.FixtureRequest) -> Path:
     """A bitnet.cpp bin/ with xtask-logits: `XTASK_TEST_BITNET_BIN`, or the session build."""
-    if given := os.environ.get("XTASK_TEST_BITNET_BIN"):
-        return Path(given)
-    build: BuildResult = request.getfixturevalue("bitnet_build")
-    return build.bin_dir
+    return _bin_dir(request, "XTASK_TEST_BITNET_BIN", "bitnet_build")

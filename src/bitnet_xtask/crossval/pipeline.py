@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bitnet_xtask.crossval.backends import PREFIX_ENV
-from bitnet_xtask.crossval.receipt import sha256_file
 from bitnet_xtask.crossval.runner import DEFAULT_PROMPT, CrossvalRequest, run_crossval
+from bitnet_xtask.download.store import hash_file
 from bitnet_xtask.errors import XtaskError
 from bitnet_xtask.events import NullReporter, Reporter
 
@@ -71,7 +71,7 @@ def _fixture(request: FullCrossvalRequest, reporter: Reporter) -> Path:
     metadata = model.with_suffix(".json")
     if model.is_file() and metadata.is_file():
         recorded = json.loads(metadata.read_text("utf-8")).get("sha256")
-        if recorded == sha256_file(model):
+        if recorded == hash_file(model):
             reporter.info(f"fixture {model} is up to date")
             return model
     result = generate_fixture(

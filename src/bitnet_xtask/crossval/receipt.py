@@ -8,7 +8,6 @@ metrics no longer support it, is caught.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import fields
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from bitnet_xtask.crossval import metrics
-from bitnet_xtask.download.store import atomic_write_text
+from bitnet_xtask.download.store import atomic_write_text, hash_file
 from bitnet_xtask.errors import UsageError
 
 RECEIPT_KIND = "bitnet-xtask/crossval-receipt"
@@ -32,15 +31,6 @@ def schema() -> dict[str, Any]:
     text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
-
-
-def sha256_file(path: Path) -> str:
-    """A model's identity in the receipt."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _gguf_facts(model: Path) -> tuple[str | None, str | None]:
@@ -78,7 +68,7 @@ def model_facts(model: Path) -> dict[str, Any]:
         arch, quant = _gguf_facts(model)
     return {
         "path": str(model),
-        "sha256": sha256_file(model),
+        "sha256": hash_file(model),
         "size_bytes": model.stat().st_size,
         "arch": arch,
         "quant": quant,

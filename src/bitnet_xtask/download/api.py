@@ -9,7 +9,6 @@ the disk, stream, verify the SHA-256, and publish the file with an atomic rename
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -44,6 +43,7 @@ from .store import (
     ensure_space,
     free_bytes,
     fsync_dir,
+    hash_file,
     leaf_name,
     model_dir,
     read_text,
@@ -209,15 +209,6 @@ def _job(spec: FileSpec, options: DownloadOptions, client: HubClient, reporter: 
     target = Target(model_dir(options.out, options.repo_id), leaf_name(spec.path))
     url = client.file_url(options.repo_id, options.revision, spec.path)
     return _Job(spec, options, client, reporter, target, url)
-
-
-def hash_file(path: Path) -> str:
-    """SHA-256 of a whole file (for files we did not download ourselves)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(4 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_cache_metadata(target: Target, etag: str | None, last_modified: str | None) -> None:

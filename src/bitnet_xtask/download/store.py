@@ -383,3 +383,12 @@ class FileLock:
             yield self
         finally:
             self.release()
+
+
+def hash_file(path: Path) -> str:
+    """SHA-256 of a whole file (for files we did not download ourselves)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(4 << 20):
+            digest.update(block)
+    return digest.hexdigest()

@@ -27,6 +27,8 @@ def test_real_bitnet_cpp_build_with_the_i2_s_kernel(
 ) -> None:
     names = {p.name for p in bitnet_build.bin_dir.iterdir()}
     assert {"bitnet-llama-cli", "xtask-logits", "libllama.so", "libggml.so"} <= names
+    latest = bitnet_build.directory.parent / "bitnet-llama-cli"  # the reference guide's path
+    assert latest.resolve() == bitnet_build.bin_dir / "bitnet-llama-cli"
     receipt = bitnet_build.receipt
     assert receipt["inputs"]["kernel"] == "i2_s"
     assert "-DBITNET_X86_TL2=OFF" in receipt["inputs"]["cmake_flags"]

@@ -42,6 +42,8 @@ def test_real_llama_cpp_build_from_the_pinned_sdist(llama_build: BuildResult) ->
     assert llama_build.built is True
     names = {p.name for p in llama_build.bin_dir.iterdir()}
     assert "llama-cli" in names and any(n.startswith("libllama.so") for n in names)
+    latest = llama_build.directory.parent / "llama-cli"  # where the reference guide looks
+    assert latest.is_symlink() and latest.resolve() == llama_build.bin_dir / "llama-cli"
     receipt = json.loads((llama_build.directory / "receipt.json").read_text())
     assert receipt["inputs"]["source"] == f"sha256:{PIN.sha256}"
     assert "-DGGML_NATIVE=OFF" in receipt["inputs"]["cmake_flags"]

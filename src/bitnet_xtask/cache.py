@@ -78,7 +78,10 @@ def cache_entries(models: Path, fixtures: Path) -> list[CacheEntry]:
     candidates: list[tuple[str, Path]] = [("models", models)]
     cpp = cpp_cache_root()
     if cpp.is_dir() and not cpp.is_symlink():
-        candidates += [(f"fetch-cpp build {p.name}", p) for p in sorted(cpp.iterdir())]
+        candidates += [
+            (f"fetch-cpp {'link' if p.is_symlink() else 'build'} {p.name}", p)
+            for p in sorted(cpp.iterdir())
+        ]
     else:
         candidates.append(("fetch-cpp builds", cpp))
     candidates.append(("crossval fixtures", fixtures))

@@ -331,9 +331,26 @@ def build_reference(
             receipt = json.loads(receipt_path.read_text(encoding="utf-8"))
             if receipt.get("inputs") == inputs:
                 reporter.info(f"{request.ref} is up to date in {directory} (nothing to do)")
+                point_latest(directory, cli_name(request.ref))
                 return BuildResult(directory, receipt, built=False)
         receipt_path.unlink(missing_ok=True)
         return _build(request, pin, directory, inputs, reporter, github)
+
+
+def cli_name(ref: str) -> str:
+    """The CLI's installed name: bitnet.cpp's as the reference guide expects it."""
+    return "bitnet-llama-cli" if ref == "bitnet.cpp" else "llama-cli"
+
+
+def point_latest(directory: Path, cli: str) -> None:
+    """`<cache>/bitnet_cpp/<cli>` -> the CLI of the build this run made or found: the
+    path users of the reference guide look for (`~/.cache/bitnet_cpp/bitnet-llama-cli`).
+    A relative link, replaced atomically."""
+    link = directory.parent / cli
+    staging = directory.parent / f".{cli}.{os.getpid()}"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(Path(directory.name) / "bin" / cli)
+    staging.replace(link)
 
 
 def _generate(request: BuildRequest, tree: Path) -> None:
@@ -413,11 +430,11 @@ def _build(
         ]
     )  # fmt: skip
     log.run([tools["ninja"], "-C", str(harness), *jobs])
-    cli_name = "bitnet-llama-cli" if request.ref == "bitnet.cpp" else "llama-cli"
+    installed_cli = cli_name(request.ref)
     installed = _install(
         build,
         directory / "bin",
-        {build / "bin" / cli: cli_name, harness / "bin" / "xtask-logits": "xtask-logits"},
+        {build / "bin" / cli: installed_cli, harness / "bin" / "xtask-logits": "xtask-logits"},
     )
     from bitnet_xtask.gpu.elf import read_binary
 
@@ -440,4 +457,5 @@ def _build(
     }
     atomic_write_text(directory / "receipt.json", json.dumps(receipt, indent=2))
     reporter.info(f"built {request.ref} in {receipt['wall_seconds']} s: {directory / 'bin'}")
+    point_latest(directory, installed_cli)
     return BuildResult(directory, receipt, built=True)

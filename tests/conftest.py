@@ -189,6 +189,19 @@ def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> 
 
 # --- the real C++ references, built once per session ------------------------------------
 
+BUILD_FIXTURES = frozenset(
+    {"local_pin", "llama_build", "llama_native_build", "llama_bin", "bitnet_build", "bitnet_bin"}
+)
+BUILD_TIMEOUT = 1800  # seconds: a cold llama.cpp build takes ~8 minutes on 2 cores
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The per-test timeout counts fixture setup, and whichever test first needs a
+    session build pays for it: give every such test the build's time, not the default."""
+    for item in items:
+        if BUILD_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.timeout(BUILD_TIMEOUT))
+
 
 @pytest.fixture(scope="session")
 def local_pin(nginx: NginxServer, tmp_path_factory: pytest.TempPathFactory) -> SdistPin:

@@ -269,3 +269,93 @@ def test_token_ids_need_no_tokenizer_and_an_external_engine_can_pass(
     both = xtask.run("crossval", "--model", str(model), "--tokens-file", str(ids),
                      "--prompt", "x", "--backend", "numpy", "--backend", "numpy")  # fmt: skip
     assert both.code == 2 and "not both" in both.stderr
+
+
+@pytest.fixture
+def engine_receipt(xtask: Xtask, tmp_path: Path) -> Path:
+    """A real passing receipt made without any C++ build (numpy vs a cmd: engine)."""
+    model = generate_fixture("tiny", "llama", "f32", 3, tmp_path).model
+    ids = tmp_path / "ids.txt"
+    ids.write_text("1 20 30 40")
+    path = tmp_path / "r.json"
+    run = xtask.run("crossval", "--model", str(model), "--backend", "numpy",
+                    "--backend", engine_backend(), "--tokens-file", str(ids),
+                    "--receipt", str(path), timeout=300)  # fmt: skip
+    assert run.code == 0, run.stderr
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        (lambda d: d["models"][0]["runs"][0]["comparisons"][0]["metrics"]["summary"]
+         .update(max_kl=99.0), "summary max_kl"),
+        (lambda d: d["models"][0]["tolerances"].update(max_kl=1e9), "not the built-in ones"),
+        (lambda d: d["models"][0]["runs"][0]["comparisons"][0]["metrics"].update(n_positions=999),
+         "n_positions 999"),
+        (lambda d: d["models"][0]["runs"][0]["comparisons"][0]["metrics"]["positions"][2]
+         .update(kl=0.5), "say passed=False"),
+    ],
+)  # fmt: skip
+def test_verify_receipt_catches_edited_numbers(
+    xtask: Xtask, engine_receipt: Path, change: Any, complaint: str
+) -> None:
+    assert xtask.run("crossval", "verify-receipt", str(engine_receipt)).code == 0
+    document = json.loads(engine_receipt.read_text())
+    change(document)
+    engine_receipt.write_text(json.dumps(document))
+    run = xtask.run("crossval", "verify-receipt", str(engine_receipt))
+    assert run.code == 1 and complaint in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("content", ['"12"', "[1.5, 2]", "[true, 1]", '{"tokens": []}', "1 x 3"])
+def test_token_files_must_hold_integer_ids(xtask: Xtask, tmp_path: Path, content: str) -> None:
+    model = generate_fixture("tiny", "llama", "f32", 0, tmp_path).model
+    (tmp_path / "ids").write_text(content)
+    run = xtask.run("crossval", "--model", str(model), "--tokens-file", str(tmp_path / "ids"),
+                    "--backend", "numpy", "--backend", "numpy")  # fmt: skip
+    assert run.code == 2 and "expected non-negative integer token ids" in run.stderr
+
+
+def test_unreadable_inputs_and_outputs_are_usage_errors(xtask: Xtask, tmp_path: Path) -> None:
+    model = generate_fixture("tiny", "llama", "f32", 0, tmp_path).model
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe not utf-8")
+    run = xtask.run("crossval", "--model", str(model), "--prompts", str(tmp_path / "bad.txt"))
+    assert run.code == 2 and "as UTF-8 text" in run.stderr
+    (tmp_path / "file").write_text("")
+    run = xtask.run("crossval", "--model", str(model), "--receipt",
+                    str(tmp_path / "file" / "r.json"))  # fmt: skip
+    assert run.code == 2 and "for the receipt" in run.stderr
+    nan = tmp_path / "nan.json"
+    nan.write_text('{"max_kl": NaN}')
+    run = xtask.run("crossval", "--model", str(model), "--tolerance-profile", str(nan),
+                    "--backend", "numpy", "--backend", "numpy")  # fmt: skip
+    assert run.code == 2 and "finite number" in run.stderr
+
+
+def test_a_checkout_named_llama_cpp_does_not_shadow_the_build(xtask: Xtask, tmp_path: Path) -> None:
+    model = generate_fixture("tiny", "llama", "f32", 0, tmp_path).model
+    (xtask.workdir / "llama.cpp").mkdir()
+    run = xtask.run("crossval", "--model", str(model), "--backend", "cpp:llama.cpp",
+                    "--backend", "numpy", cwd=xtask.workdir)  # fmt: skip
+    assert run.code == 2 and "build it first: xtask fetch-cpp --ref llama.cpp" in run.stderr
+
+
+def test_invalid_fixture_combinations_write_nothing(xtask: Xtask, tmp_path: Path) -> None:
+    out = tmp_path / "fx"
+    run = xtask.run("gen-fixtures", "--arch", "bitnet", "--arch", "llama", "--quant", "f32",
+                    "--quant", "i2_s", "--output", str(out))  # fmt: skip
+    assert run.code == 2 and "i2_s" in run.stderr
+    assert not out.exists() or not list(out.iterdir())
+    full = xtask.run("full-crossval", "--quant", "i2_s", cwd=xtask.workdir)
+    assert full.code == 2 and "step 1/3 (model)" in full.stderr
+
+
+def test_an_i2_s_model_without_metadata_is_read_from_its_header(tmp_path: Path) -> None:
+    from bitnet_xtask.crossval.receipt import model_facts
+
+    fixture = generate_fixture("tiny", "bitnet", "i2_s", 0, tmp_path)
+    fixture.metadata.unlink()
+    facts = model_facts(fixture.model)
+    assert (facts["arch"], facts["quant"], facts["metadata"]) == ("bitnet", "i2_s", None)
+    assert facts["sha256"] == fixture.sha256

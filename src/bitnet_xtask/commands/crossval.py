@@ -4,7 +4,8 @@ and `crossval.receipt`."""
 from __future__ import annotations
 
 import json
-import time
+import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> tuple[st
     if prompt and prompts_file:
         raise UsageError("give --prompt or --prompts, not both")
     if prompts_file:
-        lines = prompts_file.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(prompts_file).splitlines()
         chosen = tuple(line for line in lines if line.strip())
         if not chosen:
             raise UsageError(f"{prompts_file} holds no prompts")
@@ -35,19 +36,27 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> tuple[st
 def read_token_ids(path: Path) -> tuple[int, ...]:
     """--tokens-file: JSON (`[1, 2]` or `{"tokens": [1, 2]}`) or ids separated by spaces or
     commas, for engines or models without a tokenizer."""
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     try:
         loaded = json.loads(text)
-        ids = loaded["tokens"] if isinstance(loaded, dict) else loaded
-    except (ValueError, KeyError):
-        ids = text.replace(",", " ").split()
+    except ValueError:
+        words = text.replace(",", " ").split()
+        loaded = [int(w) for w in words] if all(w.isdigit() for w in words) else None
+    ids = loaded.get("tokens") if isinstance(loaded, dict) else loaded
+    valid = isinstance(ids, list) and all(type(i) is int and i >= 0 for i in ids)
+    if not valid or not ids:
+        raise UsageError(
+            f"{path}: expected non-negative integer token ids",
+            'a JSON list, {"tokens": [...]}, or ids separated by spaces or commas',
+        )
+    return tuple(ids)
+
+
+def _read_text(path: Path) -> str:
     try:
-        parsed = tuple(int(i) for i in ids)
-    except (TypeError, ValueError):
-        parsed = ()
-    if not parsed or any(i < 0 for i in parsed):
-        raise UsageError(f"{path}: expected non-negative token ids (JSON list or whitespace)")
-    return parsed
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path} as UTF-8 text: {exc}") from None
 
 
 def summary_table(receipt: dict[str, Any]) -> str:
@@ -97,7 +106,20 @@ def finish(receipt: dict[str, Any], path: Path, reporter: Reporter, json_lines: 
 
 
 def default_receipt() -> Path:
-    return DEFAULT_RECEIPTS / time.strftime("crossval-%Y%m%dT%H%M%SZ.json", time.gmtime())
+    """Named by the UTC time to the millisecond, so runs do not overwrite each other."""
+    now = datetime.now(timezone.utc)
+    return DEFAULT_RECEIPTS / f"crossval-{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z.json"
+
+
+def writable_receipt(path: Path) -> Path:
+    """Fail before a long run, not after it, when the receipt cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {path.parent} for the receipt: {exc.strerror}") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UsageError(f"cannot write the receipt to {path}")
+    return path
 
 
 @click.group("crossval", invoke_without_command=True)
@@ -186,7 +208,8 @@ def crossval_command(
             top_k=top_k,
             threads=threads,
         )
-        finish(run_crossval(request, reporter), receipt or default_receipt(), reporter, json_lines)
+        path = writable_receipt(receipt or default_receipt())
+        finish(run_crossval(request, reporter), path, reporter, json_lines)
 
 
 @crossval_command.command("verify-receipt")

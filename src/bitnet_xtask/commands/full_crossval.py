@@ -7,7 +7,12 @@ from pathlib import Path
 import click
 
 from bitnet_xtask.commands.common import reporting
-from bitnet_xtask.commands.crossval import default_receipt, finish, read_prompts
+from bitnet_xtask.commands.crossval import (
+    default_receipt,
+    finish,
+    read_prompts,
+    writable_receipt,
+)
 from bitnet_xtask.events import ConsoleReporter
 from bitnet_xtask.fixtures.names import ARCHS, QUANTS
 
@@ -91,5 +96,5 @@ def full_crossval_command(
             prompts=read_prompts(prompt, prompts_file), n_predict=n_predict, profile=profile,
             threads=threads,
         )  # fmt: skip
-        document = run_full_crossval(request, reporter)
-        finish(document, receipt or default_receipt(), reporter, json_lines)
+        path = writable_receipt(receipt or default_receipt())
+        finish(run_full_crossval(request, reporter), path, reporter, json_lines)

@@ -59,23 +59,26 @@ def gen_fixtures_command(
     """Write small, deterministic, real GGUF models and a metadata JSON beside each."""  # fmt: skip
     reporter = ConsoleReporter(json_lines=json_lines, progress=False)
     with reporting(reporter):
-        from bitnet_xtask.fixtures import generate_fixture
+        from bitnet_xtask.fixtures import FixtureSpec, generate_fixture
 
-        for size in sizes:
-            for arch in archs:
-                for quant in quants:
-                    try:
-                        result = generate_fixture(size, arch, quant, seed, output)
-                    except ValueError as exc:
-                        raise UsageError(str(exc)) from None
-                    reporter.info(
-                        f"{result.model} ({human_bytes(result.size_bytes)}, sha256 "
-                        f"{result.sha256[:12]}...)"
-                    )
-                    if json_lines:
-                        reporter.emit(
-                        {"phase": "fixture", "model": str(result.model),
-                         "metadata": str(result.metadata), "sha256": result.sha256,
-                         "size_bytes": result.size_bytes, "size": size, "arch": arch,
-                         "quant": quant, "seed": seed}
-                    )  # fmt: skip
+        combinations = [(s, a, q) for s in sizes for a in archs for q in quants]
+        try:  # every combination checked before any file is written
+            for size, arch, quant in combinations:
+                FixtureSpec.parse(size, arch, quant, seed)
+        except ValueError as exc:
+            raise UsageError(str(exc), "i2_s goes with --arch bitnet only") from None
+        for size, arch, quant in combinations:
+            try:
+                result = generate_fixture(size, arch, quant, seed, output)
+            except OSError as exc:
+                raise UsageError(f"cannot write fixtures to {output}: {exc.strerror}") from None
+            reporter.info(
+                f"{result.model} ({human_bytes(result.size_bytes)}, sha256 {result.sha256[:12]}...)"
+            )
+            if json_lines:
+                reporter.emit(
+                    {"phase": "fixture", "model": str(result.model),
+                     "metadata": str(result.metadata), "sha256": result.sha256,
+                     "size_bytes": result.size_bytes, "size": size, "arch": arch,
+                     "quant": quant, "seed": seed}
+                )  # fmt: skip

@@ -43,12 +43,16 @@ def cmake_flags(kernel: str) -> list[str]:
     return ["-DBITNET_ARM_TL1=OFF", "-DBITNET_X86_TL2=OFF"]
 
 
-def generate_kernels(tree: Path, kernel: str) -> Path:
-    """Write the generated header into a BitNet checkout; returns its path."""
+def generate_kernels(tree: Path, kernel: str, *, replace: bool = True) -> Path:
+    """Write the generated header into a BitNet checkout; returns its path. With
+    `replace=False` a header already there (setup_env.py's, in a user's checkout) is
+    kept: the LUT flags stay off, so its `#if`-guarded kernels are not compiled."""
     _check(kernel)
     header = tree / LUT_HEADER
     if not header.parent.is_dir():
         raise FileNotFoundError(f"{tree} is not a microsoft/BitNet checkout (no include/)")
+    if header.is_file() and not replace:
+        return header
     # Unchanged content keeps its mtime, so an incremental rebuild recompiles nothing.
     if not header.is_file() or header.read_text(encoding="utf-8") != _I2_S_HEADER:
         atomic_write_text(header, _I2_S_HEADER)

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -145,7 +146,8 @@ def build_tools() -> dict[str, str]:
 
 def _compiler(variable: str, names: Sequence[str]) -> str | None:
     if chosen := os.environ.get(variable):
-        return shutil.which(chosen)
+        # `CC="ccache gcc"` is common: the compiler is the command's first word.
+        return shutil.which(shlex.split(chosen)[0]) if chosen.strip() else None
     return next((path for name in names if (path := shutil.which(name))), None)
 
 
@@ -239,6 +241,7 @@ class _Log:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
+                errors="replace",
                 check=False,
             )
             log.write(process.stdout)
@@ -316,10 +319,16 @@ def build_reference(
     tag = "local" if request.source else revision(pin)
     variant = f"{request.backend}-native" if request.native else request.backend
     directory = cpp_cache_root() / f"{request.ref}-{tag}-{variant}"
-    if request.clean and directory.exists():
-        shutil.rmtree(directory)
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(directory / ".lock", timeout=3600, on_wait=reporter.info).held():
+        if request.clean:  # under the lock: never under a concurrent build's feet
+            for entry in directory.iterdir():
+                if entry.name == ".lock":
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         receipt_path = directory / "receipt.json"
         source_hash = "sha256:" + pin.sha256 if not isinstance(pin, GithubPin) else str(pin.hash)
         if request.source:
@@ -357,7 +366,7 @@ def _generate(request: BuildRequest, tree: Path) -> None:
     """bitnet.cpp's kernel code generation (what its setup_env.py does before CMake)."""
     if request.ref == "bitnet.cpp":
         try:
-            bitnet_kernels.generate_kernels(tree, request.kernel)
+            bitnet_kernels.generate_kernels(tree, request.kernel, replace=not request.source)
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
 

@@ -1,8 +1,8 @@
 """The implementations crossval compares, behind one small interface.
 
 A backend evaluates token ids on a GGUF model and hands back the logits of every
-position (as a memory map, so large vocab x positions need no RAM) and a greedy
-continuation. Three kinds, named on the command line by a spec:
+position (as a file read a block of rows at a time, so large vocab x positions need
+no RAM) and a greedy continuation. Three kinds, named on the command line by a spec:
 
 - `numpy`: bitnet-xtask's NumPy reference forward pass (`crossval.reference`).
 - `cpp:<build>`: the `xtask-logits` harness of a fetch-cpp build. `<build>` is a
@@ -75,7 +75,9 @@ class Backend(Protocol):
 
 def _run(argv: list[str], what: str, timeout: float = 3600) -> str:
     try:
-        process = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        process = subprocess.run(
+            argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
+        )
     except FileNotFoundError:
         raise BackendError(f"{what}: {argv[0]} not found") from None
     except subprocess.TimeoutExpired:
@@ -91,7 +93,7 @@ def _read_ids(path: Path, what: str) -> list[int]:
         ids = json.loads(path.read_text(encoding="utf-8"))["tokens"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BackendError(f"{what}: cannot read token ids from {path}: {exc}") from None
-    if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
         raise BackendError(f'{what}: {path} must hold {{"tokens": [int, ...]}}')
     return ids
 
@@ -209,13 +211,11 @@ class CommandBackend:
             raise BackendError(
                 f"{self.spec}: logits must be float32 or float64, not {logits.dtype}"
             )
+        checked = _check_shape(logits, len(tokens), self.spec)
         continuation = None
         if "{continuation}" in self.template:
             continuation = _read_ids(Path(files["continuation"]), self.spec)
-        return Evaluation(
-            tokens, _check_shape(logits, len(tokens), self.spec), continuation,
-            time.monotonic() - started,
-        )  # fmt: skip
+        return Evaluation(tokens, checked, continuation, time.monotonic() - started)
 
 
 PLACEHOLDERS = ("model", "tokens", "logits", "continuation", "n_predict", "workdir")
@@ -236,10 +236,11 @@ def command_line(template: str, values: dict[str, str]) -> list[str]:
 
 
 def find_build(name: str) -> Path:
-    """A fetch-cpp build by reference name (`llama.cpp`, `bitnet.cpp-cuda`, ...) or path."""
-    as_path = Path(name).expanduser()
-    if as_path.is_dir():
-        return as_path
+    """A fetch-cpp build by reference name (`llama.cpp`, `bitnet.cpp-cuda`, ...) or by path
+    (anything with a `/`, or starting with `.` or `~`: a `./llama.cpp` checkout in the
+    working directory must not shadow the reference's name)."""
+    if "/" in name or name.startswith((".", "~")):
+        return Path(name).expanduser()
     ref, _, backend = name.partition("-")
     backend = backend or "cpu"
     if ref not in ("llama.cpp", "bitnet.cpp") or backend not in ("cpu", "cuda"):
@@ -250,6 +251,12 @@ def find_build(name: str) -> Path:
     variable = PREFIX_ENV + ref.replace(".", "_").upper()
     if backend == "cpu" and (prefix := os.environ.get(variable)):
         return Path(prefix)
+    from bitnet_xtask.cpp.build import revision
+    from bitnet_xtask.cpp.pins import load_pins
+
+    pinned = cpp_cache_root() / f"{ref}-{revision(load_pins()[ref])}-{backend}"
+    if (pinned / "receipt.json").is_file():
+        return pinned  # the pin's build, before --rev/--tag/--source ones
     builds = sorted(
         cpp_cache_root().glob(f"{ref}-*-{backend}/receipt.json"),
         key=lambda p: p.stat().st_mtime,
@@ -263,6 +270,20 @@ def find_build(name: str) -> Path:
     return builds[-1].parent
 
 
+def _build_receipt(directory: Path, spec: str) -> dict[str, Any]:
+    """The fetch-cpp receipt of a build, for the crossval receipt ({} when it has none)."""
+    path = directory / "receipt.json"
+    if not path.is_file():
+        return {}
+    try:
+        loaded = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(
+            f"{spec}: {path} is unreadable: {exc}", "rebuild: xtask fetch-cpp --force"
+        ) from None
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def make_backend(spec: str, threads: int | None = None) -> Backend:
     """Parse a backend spec from the command line."""
     kind, _, rest = spec.partition(":")
@@ -270,13 +291,12 @@ def make_backend(spec: str, threads: int | None = None) -> Backend:
         return NumpyBackend()
     if kind == "cpp" and rest:
         directory = find_build(rest)
-        receipt_path = directory / "receipt.json"
-        receipt = json.loads(receipt_path.read_text("utf-8")) if receipt_path.is_file() else {}
-        backend = CppBackend(spec, directory, threads, receipt)
+        backend = CppBackend(spec, directory, threads, _build_receipt(directory, spec))
         if not backend.harness.is_file():
             raise UsageError(
                 f"{spec}: no harness at {backend.harness}",
-                "rebuild it: xtask fetch-cpp --force",
+                "point cpp: at a fetch-cpp build directory (or an XTASK_CPP_PREFIX_* "
+                "prefix) holding bin/xtask-logits; xtask fetch-cpp builds one",
             )
         return backend
     if kind == "cmd" and rest:

@@ -307,6 +307,8 @@ def load_tolerances(path: Path) -> Tolerances:
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UsageError(f"{path}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"{path}: {key} must be a finite number >= 0, got {value!r}")
         data[key] = float(value)
     return replace(PROFILES[base_name], **data)
 

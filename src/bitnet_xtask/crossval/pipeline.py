@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from bitnet_xtask.crossval.backends import PREFIX_ENV
 from bitnet_xtask.crossval.runner import DEFAULT_PROMPT, CrossvalRequest, run_crossval
 from bitnet_xtask.download.store import hash_file
-from bitnet_xtask.errors import XtaskError
+from bitnet_xtask.errors import UsageError, XtaskError
 from bitnet_xtask.events import NullReporter, Reporter
 
 T = TypeVar("T")
@@ -66,7 +66,10 @@ def _step(number: int, reporter: Reporter, action: Callable[[], T], next_action:
 def _fixture(request: FullCrossvalRequest, reporter: Reporter) -> Path:
     from bitnet_xtask.fixtures import FixtureSpec, generate_fixture
 
-    spec = FixtureSpec.parse(request.fixture, request.arch, request.quant, request.seed)
+    try:
+        spec = FixtureSpec.parse(request.fixture, request.arch, request.quant, request.seed)
+    except ValueError as exc:
+        raise UsageError(str(exc), "i2_s goes with --arch bitnet") from None
     model = request.fixtures_dir / f"{spec.stem}.gguf"
     metadata = model.with_suffix(".json")
     if model.is_file() and metadata.is_file():
@@ -94,7 +97,12 @@ def reference_for(request: FullCrossvalRequest) -> str:
     """bitnet.cpp runs i2_s (upstream llama.cpp no longer has the type); else llama.cpp."""
     if request.ref:
         return request.ref
-    i2_s = request.quant == "i2_s" if request.repo is None else "i2_s" in (request.file or "")
+    from bitnet_xtask.download.defaults import DEFAULT_FILE
+
+    if request.repo is None:
+        i2_s = request.quant == "i2_s"
+    else:
+        i2_s = "i2_s" in (request.file or DEFAULT_FILE).lower()
     return "bitnet.cpp" if i2_s else "llama.cpp"
 
 

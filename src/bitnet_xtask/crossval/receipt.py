@@ -34,25 +34,27 @@ def schema() -> dict[str, Any]:
 
 
 def _gguf_facts(model: Path) -> tuple[str | None, str | None]:
-    """Architecture and weight type from the GGUF header (file_type's name, lowercased:
-    MOSTLY_Q8_0 -> q8_0), for models that came without gen-fixtures' metadata."""
-    import gguf
+    """Architecture and weight type from the GGUF header, for models that came without
+    gen-fixtures' metadata (the reference's reader: gguf-py's refuses i2_s files)."""
+    from bitnet_xtask.crossval.reference import GGUFFile
+    from bitnet_xtask.fixtures.spec import FILE_TYPES
 
     try:
-        reader = gguf.GGUFReader(model)
+        reader = GGUFFile(model)
     except (OSError, ValueError) as exc:
         raise UsageError(f"{model} is not a readable GGUF file: {exc}") from None
-    arch_field = reader.fields.get("general.architecture")
-    arch = str(arch_field.contents()) if arch_field else None
-    type_field = reader.fields.get("general.file_type")
-    quant = None
-    if type_field is not None:
-        try:
-            name = gguf.LlamaFileType(int(type_field.contents())).name
-            quant = name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
-        except ValueError:
-            quant = None
-    return arch, quant
+    arch, file_type = reader.metadata("general.architecture"), reader.metadata("general.file_type")
+    quant = next((name for name, code in FILE_TYPES.items() if code == file_type), None)
+    return (None if arch is None else str(arch)), quant
+
+
+def _sidecar(path: Path) -> dict[str, Any] | None:
+    """gen-fixtures' metadata beside a model; anything else there is not ours to read."""
+    try:
+        loaded = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def model_facts(model: Path) -> dict[str, Any]:
@@ -60,8 +62,7 @@ def model_facts(model: Path) -> dict[str, Any]:
     JSON beside the model when there is one, else the GGUF header's)."""
     if not model.is_file():
         raise UsageError(f"model {model} does not exist")
-    sidecar = model.with_suffix(".json")
-    metadata = json.loads(sidecar.read_text("utf-8")) if sidecar.is_file() else None
+    metadata = _sidecar(model.with_suffix(".json"))
     if metadata is not None and {"arch", "quant"} <= metadata.keys():
         arch, quant = metadata["arch"], metadata["quant"]
     else:
@@ -104,14 +105,15 @@ def schema_errors(receipt: Any) -> list[str]:
     ]
 
 
-def _recomputed(comparison: dict[str, Any], tolerances: metrics.Tolerances) -> metrics.Verdict:
+def _logits_comparison(comparison: dict[str, Any]) -> metrics.LogitsComparison:
+    """The per-position metrics as recorded, back in their dataclass."""
     positions = comparison["metrics"]["positions"]
 
     def column(name: str, dtype: type = np.float64) -> Any:
         values = [np.nan if p[name] is None else p[name] for p in positions]
         return np.array(values, dtype=dtype)
 
-    logits = metrics.LogitsComparison(
+    return metrics.LogitsComparison(
         n_vocab=comparison["metrics"]["n_vocab"],
         top_k=comparison["metrics"]["top_k"],
         max_abs_diff=column("max_abs_diff"),
@@ -122,11 +124,34 @@ def _recomputed(comparison: dict[str, Any], tolerances: metrics.Tolerances) -> m
         top1_margin=column("top1_margin"),
         topk_overlap=column("topk_overlap"),
     )
+
+
+def _recomputed(comparison: dict[str, Any], tolerances: metrics.Tolerances) -> metrics.Verdict:
+    logits = _logits_comparison(comparison)
     greedy = comparison.get("greedy")
     greedy_comparison = (
         metrics.compare_greedy(greedy["reference"], greedy["candidate"]) if greedy else None
     )
     return metrics.verdict(logits, tolerances, greedy_comparison)
+
+
+def _summary_errors(comparison: dict[str, Any], where: str) -> list[str]:
+    """The summary (what the table shows) must be the summary of the positions."""
+    recorded = comparison["metrics"]
+    if recorded["n_positions"] != len(recorded["positions"]):
+        return [f"{where}: n_positions {recorded['n_positions']} but "
+                f"{len(recorded['positions'])} positions"]  # fmt: skip
+    return [
+        f"{where}: summary {name} = {recorded['summary'].get(name)} but the positions give {value}"
+        for name, value in _logits_comparison(comparison).summary().items()
+        if not _same(recorded["summary"].get(name), value)
+    ]
+
+
+def _same(a: Any, b: float) -> bool:
+    if a is None:
+        return math.isnan(b)
+    return math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def verdict_errors(receipt: dict[str, Any]) -> list[str]:
@@ -137,10 +162,17 @@ def verdict_errors(receipt: dict[str, Any]) -> list[str]:
     for model in receipt["models"]:
         recorded = model["tolerances"]
         tolerances = metrics.Tolerances(**{k: recorded[k] for k in threshold_names})
+        builtin = metrics.PROFILES.get(tolerances.name)
+        if builtin is not None and builtin != tolerances:
+            errors.append(
+                f"{Path(model['path']).name}: profile {tolerances.name!r} is recorded with "
+                "thresholds that are not the built-in ones"
+            )
         for run in model["runs"]:
             for comparison in run["comparisons"]:
                 verdict = comparison["verdict"]
                 expected = _recomputed(comparison, tolerances)
+                errors += _summary_errors(comparison, f"{Path(model['path']).name}")
                 tokenization_failed = any(
                     f["metric"] == "tokenization" for f in verdict["failures"]
                 )

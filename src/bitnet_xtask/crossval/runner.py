@@ -13,12 +13,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bitnet_xtask.crossval import metrics
-from bitnet_xtask.crossval.backends import Backend, Evaluation, make_backend
+from bitnet_xtask.crossval.backends import Backend, BackendError, Evaluation, make_backend
 from bitnet_xtask.crossval.receipt import RECEIPT_KIND, RECEIPT_VERSION, model_facts
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.events import NullReporter, Reporter
@@ -72,13 +72,16 @@ def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 
 def _compare(
-    reference: Evaluation, candidate: Evaluation, tolerances: metrics.Tolerances, top_k: int
+    reference: Evaluation,
+    candidate: Evaluation,
+    tolerances: metrics.Tolerances,
+    top_k: int,
+    name: str,
 ) -> dict[str, Any]:
     if reference.logits.shape[1] != candidate.logits.shape[1]:
-        raise UsageError(
-            f"the backends disagree on the vocabulary size: {reference.logits.shape[1]} "
-            f"vs {candidate.logits.shape[1]}",
-            "they are not running the same model",
+        raise BackendError(
+            f"{name}: {candidate.logits.shape[1]} logits per position, but the reference has "
+            f"{reference.logits.shape[1]}: it is not running the same model (vocabulary)"
         )
     logits = metrics.compare_logits(
         reference.logits, candidate.logits, top_k=min(top_k, reference.logits.shape[1])
@@ -139,7 +142,7 @@ def _run_prompt(
         )
     comparisons = []
     for backend, evaluation in zip(backends[1:], evaluations[1:], strict=True):
-        compared = _compare(evaluations[0], evaluation, tolerances, request.top_k)
+        compared = _compare(evaluations[0], evaluation, tolerances, request.top_k, backend.spec)
         parity = next((t for t in tokenization if t["backend"] == backend.spec), {})
         if parity.get("match") is False:
             compared["verdict"]["passed"] = False
@@ -192,7 +195,7 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
                             workdir / f"m{model_index}" / f"p{i}", reporter)
                 for i, prompt in enumerate(inputs)
             ]  # fmt: skip
-            models.append({**facts, "tolerances": asdict(tolerances), "runs": runs})
+            models.append({**facts, "tolerances": tolerances.to_dict(), "runs": runs})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     from bitnet_xtask import __version__

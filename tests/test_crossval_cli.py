@@ -359,3 +359,26 @@ def test_an_i2_s_model_without_metadata_is_read_from_its_header(tmp_path: Path) 
     facts = model_facts(fixture.model)
     assert (facts["arch"], facts["quant"], facts["metadata"]) == ("bitnet", "i2_s", None)
     assert facts["sha256"] == fixture.sha256
+
+
+def test_a_model_one_engine_cannot_run_fails_alone(
+    llama_bin: Path, xtask: Xtask, tmp_path: Path
+) -> None:
+    """Upstream llama.cpp has no i2_s: that model is recorded as an error, the other one
+    is still compared, the receipt is written and is valid, and the run exits 1."""
+    models = xtask.workdir / "models"
+    generate_fixture("tiny", "llama", "f32", 4, models)
+    generate_fixture("tiny", "bitnet", "i2_s", 4, models)
+    receipt_path = tmp_path / "r.json"
+    run = xtask.run("crossval", "--backend", f"cpp:{llama_bin.parent}", "--backend", "numpy",
+                    "--receipt", str(receipt_path), cwd=xtask.workdir, timeout=300)  # fmt: skip
+    assert run.code == 1, run.stderr
+    assert "ERROR" in run.stderr and "pass (strict)" in run.stderr
+    receipt = checked(json.loads(receipt_path.read_text()))
+    by_name = {Path(m["path"]).name: m for m in receipt["models"]}
+    assert by_name["bitnet-tiny-i2_s-seed4.gguf"]["error"]
+    assert by_name["bitnet-tiny-i2_s-seed4.gguf"]["runs"] == []
+    assert by_name["llama-tiny-f32-seed4.gguf"]["error"] is None
+    assert [f["metric"] for f in receipt["verdict"]["failures"]] == ["backend_error"]
+    verified = xtask.run("crossval", "verify-receipt", str(receipt_path))
+    assert verified.code == 1 and "records a parity failure" in verified.stderr

@@ -67,6 +67,8 @@ def summary_table(receipt: dict[str, Any]) -> str:
     )
     rows = [header, "-" * len(header)]
     for model in receipt["models"]:
+        if model["error"]:
+            rows.append(f"{Path(model['path']).name[:34]:34} ERROR: {model['error']}")
         for run in model["runs"]:
             for c in run["comparisons"]:
                 s, greedy = c["metrics"]["summary"], c["greedy"]

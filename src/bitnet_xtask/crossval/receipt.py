@@ -160,6 +160,10 @@ def verdict_errors(receipt: dict[str, Any]) -> list[str]:
     threshold_names = {f.name for f in fields(metrics.Tolerances)}
     any_failed = False
     for model in receipt["models"]:
+        if model["error"]:
+            any_failed = True
+            if model["runs"]:
+                errors.append(f"{Path(model['path']).name}: an error and runs both recorded")
         recorded = model["tolerances"]
         tolerances = metrics.Tolerances(**{k: recorded[k] for k in threshold_names})
         builtin = metrics.PROFILES.get(tolerances.name)

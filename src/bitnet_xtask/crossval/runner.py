@@ -190,12 +190,19 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
             reporter.info(
                 f"{model.name} ({facts['quant'] or 'unknown quant'}, profile {tolerances.name})"
             )
-            runs = [
-                _run_prompt(model, prompt, backends, request, tolerances,
-                            workdir / f"m{model_index}" / f"p{i}", reporter)
-                for i, prompt in enumerate(inputs)
-            ]  # fmt: skip
-            models.append({**facts, "tolerances": tolerances.to_dict(), "runs": runs})
+            entry = {**facts, "tolerances": tolerances.to_dict(), "runs": [], "error": None}
+            try:
+                entry["runs"] = [
+                    _run_prompt(model, prompt, backends, request, tolerances,
+                                workdir / f"m{model_index}" / f"p{i}", reporter)
+                    for i, prompt in enumerate(inputs)
+                ]  # fmt: skip
+            except BackendError as exc:
+                # One model an engine cannot run (say i2_s in upstream llama.cpp) fails
+                # that model, not the whole run: the others are still compared.
+                reporter.info(f"  {model.name}: {exc.message}")
+                entry["error"] = exc.message
+            models.append(entry)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     from bitnet_xtask import __version__
@@ -207,7 +214,12 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
         for r in m["runs"]
         for c in r["comparisons"]
         for failure in c["verdict"]["failures"]
-    ]
+    ] + [
+        {"metric": "backend_error", "value": None, "bound": "max", "threshold": 0.0,
+         "position": None, "excess": None, "message": f"{Path(m['path']).name}: {m['error']}"}
+        for m in models
+        if m["error"]
+    ]  # fmt: skip
     return {
         "kind": RECEIPT_KIND,
         "version": RECEIPT_VERSION,

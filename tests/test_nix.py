@@ -36,7 +36,7 @@ from bitnet_xtask.cli import cli
 from bitnet_xtask.cpp import update_pins
 from bitnet_xtask.cpp.nar import nar_hash
 from bitnet_xtask.cpp.pins import GithubPin, Pin, is_sri, load_pins, parse_pins
-from bitnet_xtask.crossval.backends import PREFIX_ENV
+from bitnet_xtask.crossval.backends import prefix_variable
 from bitnet_xtask.errors import ExitCode, UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,7 +300,7 @@ def test_the_nix_apps_name_the_variables_crossval_reads(nix: NixRunner) -> None:
     # The apps hand the Nix-built references to crossval through these variables; the
     # names must be the ones crossval.backends.find_build looks up.
     variables = evaluate(nix, "--expr", "(import ./nix/project.nix).prebuilt")
-    assert variables == {ref: PREFIX_ENV + ref.replace(".", "_").upper() for ref in load_pins()}
+    assert variables == {ref: prefix_variable(ref) for ref in load_pins()}
 
 
 # --- python -m bitnet_xtask.cpp.update_pins ------------------------------------------

@@ -235,6 +235,11 @@ def command_line(template: str, values: dict[str, str]) -> list[str]:
     return argv
 
 
+def prefix_variable(ref: str) -> str:
+    """The variable naming a prebuilt `ref` (what the Nix apps set): XTASK_CPP_PREFIX_LLAMA_CPP."""
+    return PREFIX_ENV + ref.replace(".", "_").upper()
+
+
 def find_build(name: str) -> Path:
     """A fetch-cpp build by reference name (`llama.cpp`, `bitnet.cpp-cuda`, ...) or by path
     (anything with a `/`, or starting with `.` or `~`: a `./llama.cpp` checkout in the
@@ -248,7 +253,7 @@ def find_build(name: str) -> Path:
             f"unknown cpp build {name!r}",
             "use cpp:llama.cpp, cpp:bitnet.cpp (add -cuda for CUDA builds) or cpp:<build dir>",
         )
-    variable = PREFIX_ENV + ref.replace(".", "_").upper()
+    variable = prefix_variable(ref)
     if backend == "cpu" and (prefix := os.environ.get(variable)):
         return Path(prefix)
     from bitnet_xtask.cpp.build import revision

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bitnet_xtask.crossval.backends import PREFIX_ENV
+from bitnet_xtask.crossval.backends import prefix_variable
 from bitnet_xtask.crossval.runner import DEFAULT_PROMPT, CrossvalRequest, run_crossval
 from bitnet_xtask.download.store import hash_file
 from bitnet_xtask.errors import UsageError, XtaskError
@@ -108,8 +108,8 @@ def reference_for(request: FullCrossvalRequest) -> str:
 
 def _build(ref: str, jobs: int | None, reporter: Reporter) -> str:
     """The cpp backend spec for the built (or Nix-provided) reference."""
-    if os.environ.get(PREFIX_ENV + ref.replace(".", "_").upper()):
-        reporter.info(f"using the prebuilt {ref} named by {PREFIX_ENV}*")
+    if os.environ.get(variable := prefix_variable(ref)):
+        reporter.info(f"using the prebuilt {ref} named by {variable}")
         return f"cpp:{ref}"
     from bitnet_xtask.cpp.build import BuildRequest, build_reference
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import click
 
 from bitnet_xtask.errors import XtaskError
 from bitnet_xtask.events import Reporter
@@ -19,3 +23,42 @@ def reporting(reporter: Reporter) -> Iterator[None]:
             {"phase": "error", "code": int(exc.exit_code), "msg": exc.message, "hint": exc.hint}
         )
         raise
+
+
+if TYPE_CHECKING:  # click >= 8.4 makes ParamType generic; 8.1-8.3 (nixpkgs 25.11) do not
+    _FloatParam = click.ParamType[float]
+else:
+    _FloatParam = click.ParamType
+
+
+class Seconds(_FloatParam):
+    """A duration in seconds: a finite number in a range. click's FloatRange lets `nan`
+    through every comparison and `inf` or `1e308` past any upper bound, which then fail
+    deep inside (sleep, socket timeouts) with a traceback; every duration option uses
+    this type instead, so one rule holds for all of them."""
+
+    name = "seconds"
+
+    def __init__(self, minimum: float = 0.0, *, allow_zero: bool = True, maximum: float = 1e7):
+        self.minimum, self.allow_zero, self.maximum = minimum, allow_zero, maximum
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float) and math.isfinite(value):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        too_small = number < self.minimum or (number == 0 and not self.allow_zero)
+        if too_small or number > self.maximum:
+            self.fail(f"{value!r} is not in {self._range()}", param, ctx)
+        return number
+
+    def _range(self) -> str:
+        low = "0 < x" if self.minimum == 0 and not self.allow_zero else f"{self.minimum:g} <= x"
+        return f"the range {low} <= {self.maximum:g} seconds"

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -114,8 +115,42 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words, for a message."""
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
+
+
+def refuse_unless_replaceable(path: Path) -> None:
+    """A rename over `path` is safe only if it is absent or a regular file: renaming over
+    a device (`--receipt /dev/null` as root), a FIFO or a symbolic link would replace that
+    node, and over a directory it fails late. Refused with exit 2."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"refusing to replace {path}: it is {file_kind(mode)}, not a regular file",
+            "give the path of a regular file (or of one that does not exist yet)",
+        )
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file, fsync, rename, fsync the directory: readers see old or new, never half."""
+    """Temp file, fsync, rename, fsync the directory: readers see old or new, never half.
+    Only an absent path or a regular file is ever replaced (`refuse_unless_replaceable`)."""
+    refuse_unless_replaceable(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with tmp.open("w", encoding="utf-8") as handle:

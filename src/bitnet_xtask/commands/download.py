@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bitnet_xtask.commands.common import reporting
+from bitnet_xtask.commands.common import Seconds, reporting
 from bitnet_xtask.download.defaults import DEFAULT_FILE, DEFAULT_REPO
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.events import ConsoleReporter
@@ -44,14 +44,14 @@ if TYPE_CHECKING:
 @click.option("--retries", type=click.IntRange(0), default=3, show_default=True)
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(allow_zero=False),
     default=1800.0,
     show_default=True,
     help="Seconds to wait for a connection.",
 )
 @click.option(
     "--stall-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(allow_zero=False),
     default=60.0,
     show_default=True,
     help="Seconds without a byte before a stream is retried from its offset.",
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0),
+    type=Seconds(),
     default=1800.0,
     show_default=True,
     help="Seconds to wait for another process downloading the same file.",

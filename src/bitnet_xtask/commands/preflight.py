@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bitnet_xtask.commands.common import Seconds
 from bitnet_xtask.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ def _emit(fmt: str, data: dict[str, Any], text: list[str]) -> None:
     "[default: the fetch-cpp builds' bin/]",
 )
 @click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
-@click.option("--probe-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--probe-timeout", type=Seconds(0.1, maximum=3600), default=5.0, show_default=True)
 def preflight_command(binaries: tuple[Path, ...], fmt: str, probe_timeout: float) -> None:
     """What this machine can run, what the binaries were built for, and the fit."""
     from bitnet_xtask.gpu.preflight import run_preflight
@@ -113,7 +114,7 @@ def preflight_command(binaries: tuple[Path, ...], fmt: str, probe_timeout: float
 @click.command("gpu-preflight")
 @click.option("--require", is_flag=True, help="Exit 1 when no GPU backend is available.")
 @click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
-@click.option("--probe-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--probe-timeout", type=Seconds(0.1, maximum=3600), default=5.0, show_default=True)
 def gpu_preflight_command(require: bool, fmt: str, probe_timeout: float) -> None:
     """Which GPU backends can run here (CUDA, ROCm, Metal, WebGPU)."""
     from bitnet_xtask.gpu.detect import detect_runtime

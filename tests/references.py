@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bitnet_xtask.cpp.pins import GithubPin, SdistPin, load_pins
@@ -118,20 +119,67 @@ def bitnet_source_tree(scratch: Path) -> Path | str:
     return tree
 
 
-def run_cli_and_harness(bin_dir: Path, cli: str, model: Path, out: Path) -> None:
-    """The installed CLI generates from a real GGUF, and the harness dumps its logits."""
+SESSION_MAGIC = 0x6767736E  # "ggsn": LLAMA_SESSION_MAGIC, include/llama.h
+
+
+def read_session_tokens(path: Path) -> list[int]:
+    """The token ids at the head of a llama.cpp session file: u32 magic, u32 version, u32
+    count, then the int32 ids (`llama_context::state_save_file`, src/llama-context.cpp:3306
+    in the pinned llama.cpp; the same layout in the BitNet fork)."""
+    data = path.read_bytes()
+    magic, _version, count = struct.unpack_from("<III", data)
+    assert magic == SESSION_MAGIC, f"{path} is not a llama.cpp session file"
+    return list(struct.unpack_from(f"<{count}i", data, 12))
+
+
+@dataclass(frozen=True)
+class CliGeneration:
+    """What one CLI run shows: its stdout (racy, see `generate_with_cli`) and the ids it
+    saved (deterministic)."""
+
+    stdout: str
+    tokens: list[int]
+
+
+def generate_with_cli(
+    bin_dir: Path, cli: str, model: Path, scratch: Path, threads: int
+) -> CliGeneration:
+    """Greedy generation of 4 tokens after "Hello world" with the installed CLI.
+
+    The CLI's stdout cannot be trusted to hold the text: it prints through common/log.cpp's
+    asynchronous worker thread, whose singleton is leaked on purpose and never flushed at
+    exit (common/log.cpp:453-466, "this design may cause logs to be lost if not flushed
+    before the program exits", llama.cpp #22142), and `main` in
+    tools/completion/completion.cpp:949-954 returns without `common_log_flush`. With
+    `-t 2` on 2 cores the compute threads spin and the process exits before the worker
+    has run: measured here, stdout was empty in 5 of 8 runs and stderr lost everything
+    after "load the model" as well. So the generated ids are read from the session file
+    that `--prompt-cache-all` makes the main thread write synchronously before it
+    returns (completion.cpp:941-945): prompt ids followed by the generated ids.
+    """
+    session = scratch / f"session-t{threads}.bin"
+    session.unlink(missing_ok=True)
     extra = ["-no-cnv"] if cli == "llama-cli" else []  # upstream's CLI would start a chat
-    generated = subprocess.run(
+    run = subprocess.run(
         [str(bin_dir / cli), "-m", str(model), "-p", "Hello world", "-n", "4", "--temp", "0",
-         "-t", "2", *extra],
+         "-t", str(threads), "--prompt-cache", str(session), "--prompt-cache-all", *extra],
         capture_output=True, encoding="utf-8", errors="replace",  # random weights: any bytes
         timeout=120, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    assert generated.returncode == 0, generated.stderr[-2000:]
-    assert generated.stdout.startswith(" Hello world") or "Hello world" in generated.stdout
+    assert run.returncode == 0, run.stderr[-2000:]
+    return CliGeneration(run.stdout, read_session_tokens(session))
+
+
+def run_cli_and_harness(bin_dir: Path, cli: str, model: Path, out: Path) -> None:
+    """The installed CLI loads a real GGUF and generates greedily what the harness does.
+
+    The harness cannot lose output the way the CLI does: it links only libllama (no
+    common/log), logs through its own synchronous callback, and writes each file with
+    checked fwrite/fflush/fclose and a rename before `main` returns
+    (harness/xtask_logits.cpp, `AtomicFile` and `run`)."""
     dumped = subprocess.run(
         [str(bin_dir / "xtask-logits"), "--model", str(model), "--prompt", "Hello world",
-         "--out", str(out), "--n-predict", "3"],
+         "--out", str(out), "--n-predict", "4", "--threads", "2"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert dumped.returncode == 0, dumped.stderr
@@ -139,4 +187,11 @@ def run_cli_and_harness(bin_dir: Path, cli: str, model: Path, out: Path) -> None
     assert tokens["n_tokens"] == len(tokens["tokens"]) == 3  # <s> ▁Hello ▁world
     logits = (out / "logits.f32").stat().st_size
     assert logits == 4 * tokens["n_tokens"] * tokens["n_vocab"]
-    assert len(json.loads((out / "continuation.json").read_text())["tokens"]) == 3
+    continuation = json.loads((out / "continuation.json").read_text())["tokens"]
+    assert len(continuation) == 4
+    generated = generate_with_cli(bin_dir, cli, model, out, threads=2)
+    prompt, rest = generated.tokens[: tokens["n_tokens"]], generated.tokens[tokens["n_tokens"] :]
+    assert prompt == tokens["tokens"]
+    # Upstream saves the last sampled id too (completion.cpp:943); the BitNet fork saves
+    # only the evaluated ones (examples/main/main.cpp:922-925 at 406a5036): 4 or 3 ids.
+    assert len(rest) >= 3 and rest == continuation[: len(rest)], (rest, continuation)

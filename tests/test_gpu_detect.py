@@ -133,6 +133,11 @@ def test_query_recordings_through_the_stand_in(recording: str, capability: str) 
     assert device.compute_capability == capability and device.mig is False
 
 
+# The stand-ins hang for 600 s; finishing well inside that proves the cut-off. A tight
+# bound (it was 5 s) measures how fast a loaded 2-core CI starts Python, not the probe.
+HANG_BOUND = 60
+
+
 def test_a_hanging_nvidia_smi_is_cut_off(xtask: Xtask) -> None:
     env = smi_env(
         xtask,
@@ -141,7 +146,7 @@ def test_a_hanging_nvidia_smi_is_cut_off(xtask: Xtask) -> None:
     )
     started = time.monotonic()
     code, report = gpu_json(xtask, env, "--probe-timeout", "0.5", "--require")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < HANG_BOUND
     assert code == 1 and report["cuda"] is False
     assert "timed out after 0.5s" in report["devices"]["cuda"]["detail"]
     assert subprocess.run(["pgrep", "-f", "XTASK_TEST_SMI"], check=False).returncode != 0
@@ -178,7 +183,7 @@ def test_nvml_is_preferred_over_nvidia_smi(xtask: Xtask, tmp_path: Path) -> None
     env = smi_env(xtask, LD_LIBRARY_PATH=str(libdir), XTASK_TEST_SMI_SLEEP="600")
     started = time.monotonic()
     code, report = gpu_json(xtask, env)
-    assert time.monotonic() - started < 5  # nvidia-smi (hanging) was never needed
+    assert time.monotonic() - started < HANG_BOUND  # nvidia-smi (hanging) was never needed
     cuda = report["devices"]["cuda"]
     assert code == 0 and cuda["source"] == "nvml" and report["cuda_version"] == "13.1"
     assert cuda["driver_version"] == "590.48.01"
@@ -190,7 +195,7 @@ def test_a_hanging_nvml_is_abandoned(xtask: Xtask, tmp_path: Path) -> None:
     libdir = _build_nvml(tmp_path, *H100_NVML, "HANG")
     started = time.monotonic()
     _, report = gpu_json(xtask, smi_env(xtask, LD_LIBRARY_PATH=str(libdir)), "--probe-timeout", "1")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < HANG_BOUND
     assert report["cuda"] is False and "timed out" in report["devices"]["cuda"]["detail"]
 
 

@@ -35,7 +35,7 @@ def test_version_via_python_m_and_console_script(xtask: Xtask) -> None:
         (["download-model", "--base-url", "ftp://mirror"], "invalid --base-url"),
         (["download-model", "--id", "../etc"], "invalid repository id"),
         (["download-model", "--file", "a", "--file", "b", "--sha256", "a" * 64], "one file"),
-        (["download-model", "--manifest", "missing.txt"], "cannot read manifest"),
+        (["download-model", "--manifest", "missing.txt"], "manifest missing.txt does not exist"),
         (["download-model", "--connections", "0"], "--connections"),
     ],
 )

@@ -114,7 +114,8 @@ def test_up_to_date_file_still_gets_the_sha256_check(hf: HFTestServer, xtask: Xt
     assert ok.code == 0 and ok.events()[-1]["cached"] is True
     bad = xtask.download(hf.hub_url, "--file", NAME, "--sha256", "f" * 64)
     assert bad.code == 13
-    assert not xtask.target(NAME).exists() and not xtask.target(NAME + ".etag").exists()
+    # A mismatch never deletes the verified file (issue 10 #4).
+    assert xtask.target(NAME).exists() and xtask.target(NAME + ".etag").exists()
 
 
 def test_linked_sha_mismatch_is_caught_without_sha256_flag(hf: HFTestServer, xtask: Xtask) -> None:

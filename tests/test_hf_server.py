@@ -285,6 +285,50 @@ def test_range_faults(hf: HFTestServer) -> None:
     assert ignored.headers["ETag"] == f'W/"{SHA[:32]}"'
 
 
+@pytest.mark.parametrize(
+    ("mangle", "first", "header"),
+    [("misaligned", 11, "bytes 11-20/"), ("no-content-range", 10, None)],
+)
+def test_mangle_ranges_mangles_every_ranged_answer_and_no_whole_one(
+    hf: HFTestServer, mangle: str, first: int, header: str | None
+) -> None:
+    hf.set_faults(REPO, FILE, Faults(mangle_ranges=mangle))  # type: ignore[arg-type]
+    location = cdn_location(hf)
+    for _ in range(3):
+        ranged = requests.get(location, headers={"Range": "bytes=10-19"}, timeout=5)
+        assert ranged.status_code == 206 and ranged.content == DATA[first : first + 10]
+        expected = None if header is None else f"{header}{len(DATA)}"
+        assert ranged.headers.get("Content-Range") == expected
+    whole = requests.get(location, timeout=5)
+    assert (whole.status_code, whole.content) == (200, DATA)
+
+
+def test_hub_and_body_header_overrides(hf: HFTestServer) -> None:
+    hf.set_faults(
+        REPO,
+        FILE,
+        Faults(
+            hub_headers={"X-Linked-Size": "abc", "Location": "http://[::1"},
+            body_headers={"Content-Range": "bytes 0-0/" + "9" * 50, "Content-Length": "1"},
+        ),
+    )
+    # http.client: requests itself raises ValueError on that Location, even unfollowed.
+    conn = http.client.HTTPConnection("127.0.0.1", port_of(hf.hub_url), timeout=5)
+    try:
+        conn.request("HEAD", resolve_url(hf)[len(hf.hub_url) :])
+        head = conn.getresponse()
+        assert head.status == 302
+        assert head.getheader("X-Linked-Size") == "abc"
+        assert head.getheader("Location") == "http://[::1"
+        assert head.getheader("X-Linked-Etag") == f'"{SHA}"'  # the rest is untouched
+    finally:
+        conn.close()
+    hf.set_faults(REPO, FILE, Faults(body_headers={"Content-Range": "bytes 0-0/" + "9" * 50}))
+    body = requests.get(cdn_location(hf), headers={"Range": "bytes=0-9"}, timeout=5)
+    assert body.headers["Content-Range"] == "bytes 0-0/" + "9" * 50
+    assert body.headers["Content-Length"] == "10" and body.content == DATA[:10]  # framing kept
+
+
 def test_redirect_variants_and_small_files(hf: HFTestServer) -> None:
     hf.set_faults(REPO, FILE, Faults(relative_redirect=True))
     location = cdn_location(hf)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from .redact import redact_text
+
 
 class ExitCode(IntEnum):
     """The documented exit codes (README "Exit codes")."""
@@ -31,9 +33,11 @@ class XtaskError(Exception):
     exit_code: ExitCode = ExitCode.FAILURE
 
     def __init__(self, message: str, hint: str | None = None) -> None:
+        # Masked here, once, for every path a message takes (stderr, the JSON error event).
+        message = redact_text(message)
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint = None if hint is None else redact_text(hint)
 
     def __str__(self) -> str:
         return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message

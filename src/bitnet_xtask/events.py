@@ -14,6 +14,8 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
+from .redact import redact_text
+
 if TYPE_CHECKING:
     from tqdm import tqdm
 
@@ -44,6 +46,17 @@ class NullReporter:
 
     def debug(self, message: str) -> None:
         """Drop the message."""
+
+
+def _masked(value: Any) -> Any:
+    """An event with credentials masked in every string inside it (`redact_text`)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    return value
 
 
 def human_bytes(n: float) -> str:
@@ -82,10 +95,11 @@ class ConsoleReporter:
         self._bar: tqdm[Any] | None = None
 
     def emit(self, event: Event) -> None:
-        """Write the event in the chosen form."""
+        """Write the event in the chosen form, credentials masked."""
+        event = _masked(event)
         with self._lock:
             if self._json:
-                self._stdout.write(json.dumps(dict(event), separators=(",", ":")) + "\n")
+                self._stdout.write(json.dumps(event, separators=(",", ":")) + "\n")
                 self._stdout.flush()
             else:
                 self._human(event)
@@ -102,6 +116,7 @@ class ConsoleReporter:
                 self._line(f"debug: {message}")
 
     def _line(self, message: str) -> None:
+        message = redact_text(message)
         if self._bar is not None:
             self._bar.write(message, file=self._stderr)
         else:

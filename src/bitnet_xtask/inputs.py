@@ -25,12 +25,10 @@ MiB = 1 << 20
 DEFAULT_LIMIT = 16 * MiB
 
 
-def read_bytes(path: Path, *, what: str, limit: int = DEFAULT_LIMIT) -> bytes:
-    """The bytes of the regular file at `path`, at most `limit` of them.
-
-    The file is opened with O_NONBLOCK (so opening a FIFO returns at once) and checked with
-    fstat on the open descriptor, so what is checked is what is read.
-    """
+def open_regular(path: Path, *, what: str) -> tuple[int, os.stat_result]:
+    """A read-only descriptor of the regular file at `path` and its fstat; the caller
+    closes it. Opened with O_NONBLOCK (so opening a FIFO returns at once) and checked with
+    fstat on the open descriptor, so what is checked is what is read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -39,11 +37,22 @@ def read_bytes(path: Path, *, what: str, limit: int = DEFAULT_LIMIT) -> bytes:
         raise UsageError(f"cannot open {what} {path}: {exc.strerror}") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UsageError(
-                f"{what} {path} is not a regular file ({file_kind(info.st_mode)})",
-                "give the path of a file",
-            )
+    except OSError as exc:
+        os.close(fd)
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise UsageError(
+            f"{what} {path} is not a regular file ({file_kind(info.st_mode)})",
+            "give the path of a file",
+        )
+    return fd, info
+
+
+def read_bytes(path: Path, *, what: str, limit: int = DEFAULT_LIMIT) -> bytes:
+    """The bytes of the regular file at `path` (`open_regular`), at most `limit` of them."""
+    fd, info = open_regular(path, what=what)
+    try:
         if info.st_size > limit:
             raise UsageError(
                 f"{what} {path} is {info.st_size:,} bytes, more than the {limit:,} accepted"

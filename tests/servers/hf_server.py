@@ -132,6 +132,17 @@ class Faults:
     no_linked_headers: bool = False
     #: CDN sends ``ETag: W/"..."`` (weak validators must never satisfy ``If-Range``).
     weak_etag: bool = False
+    #: Headers of the hub's redirect replaced (or added) verbatim, on every resolve: a hostile
+    #: or broken hub, e.g. ``{"X-Linked-Size": "abc"}`` or ``{"Location": "http://[::1"}``.
+    hub_headers: dict[str, str] = field(default_factory=dict)
+    #: Every ranged GET (not just the next one) is mangled: ``"misaligned"`` (as
+    #: ``wrong_content_range``) or ``"no-content-range"`` (as ``missing_content_range``).
+    #: Unranged GETs are served correctly, so one stream from byte 0 still works.
+    mangle_ranges: Literal["misaligned", "no-content-range"] | None = None
+    #: Headers of every body-bearing GET answer (``200``/``206``, from the CDN or a direct hub
+    #: answer) replaced or added verbatim, e.g. a ``Content-Range`` with a 5,000-digit total.
+    #: ``Content-Length`` is never touched, so the framing of the connection stays truthful.
+    body_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -502,6 +513,10 @@ class _Handler(BaseHTTPRequestHandler):
             ("X-Linked-Size", str(version.size)),
             ("ETag", f'"{version.sha256}"'),
         ]
+        if faults.hub_headers:
+            replaced = {name.lower() for name in faults.hub_headers}
+            headers = [h for h in headers if h[0].lower() not in replaced]
+            headers += list(faults.hub_headers.items())
         self._send_simple(302, headers)
 
     # -- cdn ----------------------------------------------------------------------------------
@@ -949,7 +964,7 @@ class HFTestServer(ServerContext):
                 first, last = spec
                 start, length = first, last - first + 1
                 content_range: str | None = f"bytes {first}-{last}/{size}"
-                if faults.wrong_content_range:
+                if faults.wrong_content_range or faults.mangle_ranges == "misaligned":
                     faults.wrong_content_range = False
                     if first + 1 < size:
                         start = first + 1
@@ -957,12 +972,20 @@ class HFTestServer(ServerContext):
                         content_range = f"bytes {start}-{start + length - 1}/{size}"
                     else:  # nothing after the last byte: lie in the header instead
                         content_range = f"bytes {first + 1}-{last + 1}/{size}"
-                elif faults.missing_content_range:
+                elif faults.missing_content_range or faults.mangle_ranges == "no-content-range":
                     faults.missing_content_range = False
                     content_range = None
                 if content_range is not None:
                     headers.append(("Content-Range", content_range))
 
+            if faults.body_headers:
+                replaced = {name.lower() for name in faults.body_headers}
+                headers = [h for h in headers if h[0].lower() not in replaced]
+                headers += [
+                    item
+                    for item in faults.body_headers.items()
+                    if item[0].lower() != "content-length"
+                ]
             state.body_gets += 1
             end = start + length
             cut_at: int | None = None

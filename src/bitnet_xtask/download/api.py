@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from bitnet_xtask.cache import tag_created
 from bitnet_xtask.errors import (
     HashMismatchError,
     Interrupted,
@@ -30,22 +30,37 @@ from bitnet_xtask.errors import (
     XtaskError,
 )
 from bitnet_xtask.events import NullReporter, Reporter
+from bitnet_xtask.redact import without_userinfo
 
 from . import hf_cache
 from .defaults import DEFAULT_FILE, DEFAULT_REPO
-from .hub import HubClient, RemoteFile, default_base_url, strip_quotes, validate_repo_id
+from .hub import (
+    HubClient,
+    RemoteFile,
+    default_base_url,
+    redact,
+    strip_quotes,
+    url_problem,
+    validate_repo_id,
+    validate_revision,
+)
 from .retry import Backoff, TransientError, retrying
 from .store import (
+    Chunk,
     FileLock,
     ResumeState,
     Target,
     atomic_write_text,
+    check_destination,
     ensure_space,
     free_bytes,
-    fsync_dir,
+    fs_error,
     hash_file,
     leaf_name,
+    link_or_copy,
     model_dir,
+    publish,
+    raise_if_no_space,
     read_text,
     remove,
 )
@@ -194,18 +209,21 @@ class _Job:
         return result
 
 
-def _client(options: DownloadOptions, reporter: Reporter) -> HubClient:
+def _client(options: DownloadOptions, reporter: Reporter, source: str | None = None) -> HubClient:
+    given = options.base_url is not None  # `--base-url ''` is refused, not huggingface.co
     return HubClient(
-        options.base_url or default_base_url(),
+        options.base_url if options.base_url is not None else default_base_url(),
         options.token if options.token is not None else hf_cache.find_token(),
         connect_timeout=options.timeout,
         stall_timeout=options.stall_timeout,
         debug=reporter.debug,
+        source=source or ("--base-url" if given else "$HF_ENDPOINT"),
     )
 
 
 def _job(spec: FileSpec, options: DownloadOptions, client: HubClient, reporter: Reporter) -> _Job:
     validate_repo_id(options.repo_id)
+    validate_revision(options.revision)
     target = Target(model_dir(options.out, options.repo_id), leaf_name(spec.path))
     url = client.file_url(options.repo_id, options.revision, spec.path)
     return _Job(spec, options, client, reporter, target, url)
@@ -219,23 +237,68 @@ def _write_cache_metadata(target: Target, etag: str | None, last_modified: str |
             remove(path)
 
 
-def _reject(job: _Job, expected: str, actual: str, *paths: Path) -> HashMismatchError:
-    remove(*paths, job.target.etag, job.target.lastmod)
+def _reject(job: _Job, expected: str, actual: str) -> HashMismatchError:
+    """The bytes just downloaded are wrong: they go (`.part` and its state). A file already
+    at the final name is the version on disk before this run and stays, with its metadata:
+    a good file is only ever replaced by the rename of a verified download (issue 10 #4)."""
+    target = job.target
+    remove(target.part, target.state)
+    kept = ""
+    if target.final.exists():
+        kept = f"; {target.final}, the version already on disk, was kept"
+    else:
+        remove(target.etag, target.lastmod)
     return HashMismatchError(
-        f"SHA-256 mismatch for {job.target.name}: expected {expected}, got {actual}",
-        "the file was removed; check --sha256, or run again to download it afresh",
+        f"SHA-256 mismatch for {target.name}: expected {expected}, got {actual}",
+        f"the downloaded bytes were discarded{kept}; check --sha256, or run again to "
+        "download it afresh",
+    )
+
+
+def _kept_mismatch(job: _Job, expected: str, actual: str, advertised: str | None) -> XtaskError:
+    """`--sha256` disagrees with the file on disk, and downloading cannot settle it."""
+    server = f" (the server advertises {advertised})" if advertised else ""
+    return HashMismatchError(
+        f"SHA-256 mismatch for {job.target.name}: expected {expected}, "
+        f"the file on disk has {actual}{server}",
+        f"nothing was removed; check --sha256, or if {job.target.final} is damaged run "
+        "again with --force (it is replaced only once the new download verifies)",
     )
 
 
 def _confirm_existing(job: _Job, commit: str | None, sha: str | None) -> DownloadResult:
-    """The finished file is current; `--sha256` is still checked (even after a 304)."""
+    """The finished file is current; `--sha256` is still checked (even after a 304), and
+    a mismatch keeps the file (exit 13)."""
     target, expected = job.target, job.spec.sha256
     if expected:
         actual = hash_file(target.final)
         if actual != expected.lower():
-            raise _reject(job, expected.lower(), actual, target.final)
+            raise _kept_mismatch(job, expected.lower(), actual, None)
         sha = actual
     return job.result("up-to-date", target.final.stat().st_size, sha, commit)
+
+
+def _current_on_server(job: _Job, remote: RemoteFile) -> _Revalidation:
+    """The server serves the version on disk. With `--sha256`, a file that does not match
+    it is damaged (the server's sha256 is the expected one, or unknown): it is downloaded
+    again and replaced only once that verifies; or `--sha256` is wrong (the server's
+    sha256 is another): exit 13 at once, the file kept, nothing downloaded."""
+    target, expected = job.target, (job.spec.sha256 or "").lower()
+    if not expected:
+        return _Revalidation(_confirm_existing(job, remote.commit, remote.sha256))
+    actual = hash_file(target.final)
+    if actual == expected:
+        return _Revalidation(
+            job.result("up-to-date", target.final.stat().st_size, actual, remote.commit)
+        )
+    advertised = (remote.sha256 or "").lower() or None
+    if advertised not in (None, expected):
+        raise _kept_mismatch(job, expected, actual, advertised)
+    job.reporter.info(
+        f"{target.name} on disk does not match --sha256 (it has {actual}); downloading it "
+        "again: the file is replaced only once the new download verifies"
+    )
+    return _Revalidation(remote=remote)
 
 
 @dataclass(frozen=True)
@@ -260,7 +323,7 @@ def _revalidate(job: _Job) -> _Revalidation:
         return _Revalidation(_confirm_existing(job, None, None))
     if remote.identity and stored_etag:
         if remote.identity == strip_quotes(stored_etag):
-            return _Revalidation(_confirm_existing(job, remote.commit, remote.sha256))
+            return _current_on_server(job, remote)
         job.reporter.info(f"{target.name} changed on the server; downloading the new version")
         return _Revalidation(remote=remote)
     if stored_etag is None and (want := expected or remote.sha256):
@@ -290,22 +353,40 @@ def _adopt_hf_blob(job: _Job, sha256: str | None) -> DownloadResult | None:
         return None
     target = job.target
     remove(target.part)
-    try:
-        os.link(blob, target.part)
-    except OSError:
-        shutil.copyfile(blob, target.part)
-    with target.part.open("rb") as handle:
-        os.fsync(handle.fileno())
-    target.part.replace(target.final)
-    fsync_dir(target.directory)
+    try:  # a `.part` linked to the blob must never outlive this: it is the blob's inode
+        link_or_copy(blob, target.part)
+        with target.part.open("rb") as handle:
+            os.fsync(handle.fileno())
+        publish(target.part, target.final)
+    except OSError as exc:
+        remove(target.part)
+        raise_if_no_space(exc, target.directory)
+        job.reporter.info(f"could not reuse {blob}: {exc.strerror}")
+        return None
+    except BaseException:
+        remove(target.part)
+        raise
     _write_cache_metadata(target, f'"{expected}"', None)
     remove(target.state)
     job.reporter.info(f"reused {blob} from the Hugging Face cache")
     return job.result("hf-cache", target.final.stat().st_size, actual, None)
 
 
+def _state_of(remote: RemoteFile, url: str, chunks: list[Chunk]) -> ResumeState:
+    """The resume state of `remote`; its URL is kept without credentials (it goes to disk)."""
+    return ResumeState(
+        url=without_userinfo(url),
+        size=remote.size,
+        etag=remote.etag,
+        linked_etag=remote.linked_etag,
+        commit=remote.commit,
+        last_modified=remote.last_modified,
+        chunks=chunks,
+    )
+
+
 def _default_connections(options: DownloadOptions, remote: RemoteFile) -> int:
-    resumable = _fresh_state(remote, 1, "").resumable
+    resumable = _state_of(remote, "", []).resumable
     if remote.size is None or not remote.accept_ranges or not resumable:
         return 1
     if options.connections is not None:
@@ -313,16 +394,12 @@ def _default_connections(options: DownloadOptions, remote: RemoteFile) -> int:
     return AUTO_CONNECTIONS if remote.size >= PARALLEL_THRESHOLD else 1
 
 
-def _fresh_state(remote: RemoteFile, connections: int, url: str) -> ResumeState:
-    return ResumeState(
-        url=url,
-        size=remote.size,
-        etag=remote.etag,
-        linked_etag=remote.linked_etag,
-        commit=remote.commit,
-        last_modified=remote.last_modified,
-        chunks=plan_chunks(remote.size, connections),
-    )
+def _fresh_state(job: _Job, remote: RemoteFile, connections: int) -> ResumeState:
+    """A new state for the whole file, once the disk is known to hold it: the size is the
+    server's word, so nothing is built from it before that check (a 10^15-byte claim
+    used to cost gigabytes of chunk map before the disk check said no)."""
+    ensure_space(job.target.directory, remote.size)
+    return _state_of(remote, job.url, plan_chunks(remote.size, connections))
 
 
 def _resumable(job: _Job, remote: RemoteFile) -> ResumeState | None:
@@ -331,7 +408,7 @@ def _resumable(job: _Job, remote: RemoteFile) -> ResumeState | None:
     if state is None or not job.target.part.is_file() or not state.resumable:
         return None
     same_version = (
-        state.url == job.url
+        state.url == without_userinfo(job.url)
         and state.size == remote.size
         and (
             strip_quotes(state.linked_etag or state.etag)
@@ -340,6 +417,16 @@ def _resumable(job: _Job, remote: RemoteFile) -> ResumeState | None:
     )
     if not same_version:
         job.reporter.info(f"discarding {job.target.part.name}: the file changed on the server")
+        return None
+    # The state claims bytes up to `claimed`; a `.part` cut shorter (or grown past the
+    # file's size) no longer holds them: resuming would splice zeros in (issue 10 #18).
+    on_disk = job.target.part.lstat().st_size
+    claimed = max((c.done for c in state.chunks if c.done > c.start), default=0)
+    if on_disk < claimed or (state.size is not None and on_disk > state.size):
+        job.reporter.info(
+            f"discarding {job.target.part.name}: it holds {on_disk:,} bytes, its state "
+            f"says {claimed:,} of {state.size:,}; starting again from byte 0"
+        )
         return None
     return state
 
@@ -356,7 +443,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
     state = None if options.force else _resumable(job, remote)
     fresh = state is None
     if state is None:
-        state = _fresh_state(remote, connections, job.url)
+        state = _fresh_state(job, remote, connections)
     else:
         conditional = {}
     resumed_from = state.received
@@ -367,7 +454,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
             {
                 "phase": "start",
                 "file": target.name,
-                "url": job.url,
+                "url": redact(job.url),
                 "path": str(target.final),
                 "resume": state.received > 0,
                 "start": state.received,
@@ -383,6 +470,7 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
             stop=threading.Event(),
             file_label=target.name,
             conditional=conditional or None,
+            url=job.url,
         )
         last_reported = -1
 
@@ -419,15 +507,22 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
             if restart == MAX_RESTARTS:
                 raise NetworkError(
                     f"gave up after {MAX_RESTARTS} restarts from byte 0: {exc}",
-                    "the server keeps changing the file or mangling ranges; try later",
+                    "the server keeps changing the file, or mangles ranged answers even for "
+                    "one stream's resumes; try later, or from another --base-url",
                 ) from None
-            job.reporter.info(f"restarting {target.name} from byte 0: {exc}")
-            if exc.ranges_unsupported:
+            why = str(exc)
+            if exc.ranges_unsupported and connections > 1:
+                # One stream asks for no range at all, unless its connection drops.
+                why += "; falling back to one stream"
                 connections = 1
+            job.reporter.info(f"restarting {target.name} from byte 0: {why}")
+            job.reporter.emit(
+                {"phase": "restart", "file": target.name, "msg": why, "connections": connections}
+            )
             remote = job.probe()
             expected = _expected_sha256(job, remote)
             state, fresh, conditional, resumed_from = (
-                _fresh_state(remote, connections, job.url),
+                _fresh_state(job, remote, connections),
                 True,
                 {},
                 0,
@@ -447,9 +542,8 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
     else:  # pragma: no cover - the loop always breaks, returns or raises
         raise AssertionError("unreachable")
     if expected and digest != expected:
-        raise _reject(job, expected, digest, target.part, target.state, target.final)
-    target.part.replace(target.final)
-    fsync_dir(target.directory)
+        raise _reject(job, expected, digest)
+    publish(target.part, target.final)
     _write_cache_metadata(target, state.linked_etag or state.etag, state.last_modified)
     remove(target.state)
     return job.result("network", size, digest, state.commit, resumed_from)
@@ -463,14 +557,20 @@ def _save_quietly(part: PartFile) -> None:
 
 def _download_one(job: _Job) -> DownloadResult:
     """Run one file's download; a directory it created is removed again if left empty."""
+    check_destination(job.target)
     created = [p for p in (job.target.directory, *job.target.directory.parents) if not p.exists()]
-    job.target.directory.mkdir(parents=True, exist_ok=True)
     try:
-        return _download_locked(job)
+        job.target.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fs_error(exc, job.target.directory) from None
+    try:
+        result = _download_locked(job)
     finally:
         for directory in created:  # deepest first
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only succeeds when empty
+    tag_created(created, job.options.out)  # made by us: clean-cache may remove it
+    return result
 
 
 def _download_locked(job: _Job) -> DownloadResult:
@@ -519,6 +619,8 @@ def download_files(
         raise UsageError(
             "two --file values land on the same local name", "download them separately"
         )
+    for job in jobs:  # every file's destination, before the first byte of any
+        check_destination(job.target)
     results = []
     for job in jobs:
         try:
@@ -555,6 +657,8 @@ def download_url(
 
     fetch-cpp uses it for source tarballs; `options` are `DownloadOptions` fields.
     """
+    if problem := url_problem(url):  # urlsplit below raises on `http://[::1`
+        raise UsageError(f"invalid URL {redact(url)!r}: {problem}")
     parts = urlsplit(url)
     opts = DownloadOptions(
         base_url=f"{parts.scheme}://{parts.netloc}",
@@ -564,9 +668,8 @@ def download_url(
     )
     reporter = reporter or NullReporter()
     spec = FileSpec(filename or unquote(parts.path.rsplit("/", 1)[-1]), sha256)
-    job = _Job(
-        spec, opts, _client(opts, reporter), reporter, Target(directory, leaf_name(spec.path)), url
-    )
+    client = _client(opts, reporter, source="URL")
+    job = _Job(spec, opts, client, reporter, Target(directory, leaf_name(spec.path)), url)
     try:
         return _download_one(job)
     finally:
@@ -579,9 +682,11 @@ def plan_download(
     """What a download would do (`--dry-run`): asks the server, writes nothing."""
     options = options or DownloadOptions()
     client = _client(options, NullReporter())
+    jobs = [_job(spec, options, client, NullReporter()) for spec in files]
+    for job in jobs:  # what the download would refuse, the plan refuses too
+        check_destination(job.target)
     plans = []
-    for spec in files:
-        job = _job(spec, options, client, NullReporter())
+    for job in jobs:
         try:
             remote = job.probe()
         finally:
@@ -590,7 +695,7 @@ def plan_download(
         stored = read_text(job.target.etag)
         plans.append(
             DownloadPlan(
-                url=job.url,
+                url=redact(job.url),
                 path=job.target.final,
                 size=remote.size,
                 resume_from=state.received if state else 0,

@@ -12,7 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bitnet_xtask.inputs import read_text
+
 from .hub import as_sha256
+
+#: A token is about 40 characters: anything much larger is not one.
+SMALL_FILE_LIMIT = 64 << 10
 
 
 def hf_home() -> Path:
@@ -24,16 +29,20 @@ def hf_home() -> Path:
 
 
 def find_token() -> str | None:
-    """`HF_TOKEN`, else the token file huggingface_hub's `hf auth login` writes."""
+    """`HF_TOKEN`, else the token file huggingface_hub's `hf auth login` writes.
+
+    A missing token file means no token. One that is a FIFO, a device or far too large is
+    refused (exit 2) rather than read: `HF_TOKEN_PATH=/dev/zero` would never end, a FIFO
+    would block every download forever.
+    """
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         if token := os.environ.get(name, "").strip():
             return token
     path = os.environ.get("HF_TOKEN_PATH")
     token_file = Path(path) if path else hf_home() / "token"
-    try:
-        return token_file.read_text(encoding="utf-8").strip() or None
-    except OSError:
+    if not token_file.exists():
         return None
+    return read_text(token_file, what="token file", limit=SMALL_FILE_LIMIT).strip() or None
 
 
 def hub_cache_dir() -> Path:

@@ -4,28 +4,54 @@ Redirects are followed by hand, not by requests, because each hop is a security
 decision: the token goes only to the `--base-url` origin (never to the CDN a resolve
 redirects to), an https -> http downgrade is refused, and the hub's `X-Repo-Commit` /
 `X-Linked-*` headers live on the redirect itself, not on the CDN's answer.
+
+Nothing a server sends is trusted before it is checked: a size is a decimal integer of at
+most 2^50 bytes, a redirect target an http(s) URL with a host and a valid port. A server
+that breaks these rules is a protocol error (exit 14, never retried, no traceback); a bad
+`--base-url` or `--rev` is the user's to fix (exit 2).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping
+import socket
+import ssl
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
+import urllib3.exceptions
 
 from bitnet_xtask import __version__
-from bitnet_xtask.errors import AuthError, NetworkError, NotFoundError, UsageError
+from bitnet_xtask.errors import AuthError, NetworkError, NotFoundError, UsageError, XtaskError
+from bitnet_xtask.redact import redact_url
 
 from .retry import TransientError, parse_retry_after
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 MAX_REDIRECTS = 10
+#: The largest file size believed from a server: 1 PiB, 10^4 times today's largest GGUFs,
+#: and small enough that nothing sized by it (the chunk map, the disk check) can explode.
+MAX_FILE_SIZE = 1 << 50
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+# ASCII digits only (int() also takes "+5", " 5", "1_000" and other scripts' digits), at
+# most 16 of them: 2^50 has 16, and int() of a 5,000-digit string raises ValueError.
+_SIZE = re.compile(r"^[0-9]{1,16}$")
+_CONTENT_RANGE = re.compile(r"^bytes ([0-9]{1,16})-([0-9]{1,16})/([0-9]{1,16}|\*)$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# git check-ref-format's forbidden characters (plus whitespace and controls); Hugging Face
+# revisions are git refs (`main`, `v1.0`, `refs/pr/1`) or commit ids.
+_REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_E = TypeVar("_E", bound=BaseException)
+BROKEN_SERVER = (
+    "the server or mirror is broken; report it to its operator, or use another --base-url"
+)
 
 
 def default_base_url() -> str:
@@ -53,10 +79,102 @@ def as_sha256(value: str | None) -> str | None:
     return bare.lower() if bare and _SHA256.match(bare.lower()) else None
 
 
-def redact(url: str) -> str:
-    """A URL fit for logs: signed CDN URLs carry credentials in their query."""
-    parts = urlsplit(url)
-    return parts._replace(query="…" if parts.query else "", fragment="").geturl()
+redact = redact_url  # a URL fit for a message: no userinfo, no signed query
+
+
+def parse_size(value: str, what: str, where: str) -> int:
+    """A size header (`X-Linked-Size`, `Content-Length`) as a number of bytes, 0 to 2^50.
+
+    Anything else is the server's fault (exit 14): `abc` was a traceback, `-5` or `0` for
+    an LFS file a "SHA-256 mismatch of the empty file", and `10^20` a chunk map that grew
+    until the kernel killed the process.
+    """
+    text = value.strip()
+    if not _SIZE.match(text) or int(text) > MAX_FILE_SIZE:
+        raise NetworkError(
+            f"protocol error: {what} {value[:40]!r} from {where} is not a size in bytes "
+            f"(a whole number from 0 to 2^50)",
+            BROKEN_SERVER,
+        )
+    return int(text)
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` can't be fetched (None if it can): http or https, a host, a port 1-65535.
+
+    `urlsplit` only complains about a bad IPv6 literal; the port is checked when read, so
+    `http://h:99999` and `http://h:abc` raised ValueError deep inside a request.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return f"unsupported scheme {parts.scheme!r} (only http and https are fetched)"
+    host = parts.hostname
+    if not host:
+        return "no host name"
+    if not _host_ok(host, bracketed="[" in parts.netloc):
+        return f"invalid host name {host!r}"
+    if port == 0:
+        return "port 0"
+    return None
+
+
+def _host_ok(host: str, *, bracketed: bool) -> bool:
+    """A DNS name or an IP literal. Spaces and control characters got as far as
+    http.client, which failed an assert on them; an empty or 64-character label raised
+    urllib3's LocationParseError, which requests does not wrap. The IDNA codec is the
+    check urllib3 makes (labels of 1 to 63 characters; IDN letters are fine)."""
+    if bracketed:
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_address(host.split("%", 1)[0]).version == 6
+        return False
+    if not all(c.isalnum() or c in "-._~" for c in host):
+        return False
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
+def validate_base_url(base_url: str, source: str = "--base-url") -> str:
+    """A hub or mirror URL the resolve path can be appended to (exit 2 otherwise)."""
+    problem = url_problem(base_url)
+    if problem is None and ("?" in base_url or "#" in base_url):
+        problem = "a query or fragment would swallow the resolve path"
+    if problem:
+        raise UsageError(
+            f"invalid {source} {redact(base_url)!r}: {problem}",
+            "use e.g. https://huggingface.co or http://127.0.0.1:8080 (a port from 1 to 65535)",
+        )
+    return base_url.rstrip("/")
+
+
+def validate_revision(revision: str) -> str:
+    """A branch, tag or commit, by git's ref-name rules (`git check-ref-format`).
+
+    `--rev ''` became `/resolve//file`, a 404 that told the user to check `--id`. `/` is
+    allowed (`refs/pr/1` is a Hugging Face revision) and is percent-encoded in the URL.
+    """
+    parts = revision.split("/")
+    bad = (
+        not revision
+        or _REF_FORBIDDEN.search(revision)
+        or ".." in revision
+        or "@{" in revision
+        or revision == "@"
+        or revision.endswith(".")
+        or any(not p or p.startswith(".") or p.endswith(".lock") for p in parts)
+    )
+    if bad:
+        raise UsageError(
+            f"invalid --rev {revision!r}",
+            "give a branch, tag or commit of the repository, e.g. main, v1.0 or a commit id",
+        )
+    return revision
 
 
 def validate_repo_id(repo_id: str) -> str:
@@ -107,18 +225,19 @@ class Response:
     from_hub: bool = True
 
     def remote(self, url: str) -> RemoteFile:
-        """Summarise the answer as a `RemoteFile`."""
+        """Summarise the answer as a `RemoteFile`; sizes are checked (`parse_size`)."""
         headers = self.raw.headers
+        where = redact(url)
         size: int | None = None
-        if linked := self.hub_headers.get("x-linked-size"):
-            size = int(linked)
+        if (linked := self.hub_headers.get("x-linked-size")) is not None:
+            size = parse_size(linked, "X-Linked-Size", where)
         elif self.raw.status_code == 206 and (
             span := parse_content_range(headers.get("content-range"))
         ):
             size = span.total
-        elif self.raw.status_code == 200 and headers.get("content-length"):
-            size = int(headers["content-length"])
-        return RemoteFile(
+        elif self.raw.status_code == 200 and headers.get("content-length") is not None:
+            size = parse_size(headers["content-length"], "Content-Length", where)
+        remote = RemoteFile(
             url=url,
             location=self.raw.url,
             size=size,
@@ -129,6 +248,15 @@ class Response:
             accept_ranges=headers.get("accept-ranges", "").lower() == "bytes"
             or self.raw.status_code == 206,
         )
+        if remote.size == 0 and remote.sha256 not in (None, _EMPTY_SHA256):
+            # An empty file is fine (Content-Length: 0); an empty file whose advertised
+            # sha256 is some other content's is a contradiction, not a hash mismatch.
+            raise NetworkError(
+                f"protocol error: {where} says the file is 0 bytes but advertises the sha256 "
+                f"{remote.sha256} of other content",
+                BROKEN_SERVER,
+            )
+        return remote
 
 
 @dataclass(frozen=True)
@@ -145,8 +273,24 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     match = _CONTENT_RANGE.match((value or "").strip())
     if not match:
         return None
-    first, last, total = match.groups()
-    return ContentRange(int(first), int(last), None if total == "*" else int(total))
+    first, last = int(match[1]), int(match[2])
+    total = None if match[3] == "*" else int(match[3])
+    if first > last or (total is not None and (last >= total or total > MAX_FILE_SIZE)):
+        return None
+    return ContentRange(first, last, total)
+
+
+class _Session(requests.Session):
+    """A session that never parses a redirect itself.
+
+    Even with `allow_redirects=False`, `Session.send` runs `resolve_redirects` to offer
+    `Response.next`, and a malformed `Location` (`http://[::1`) raised ValueError from
+    inside requests before we could look at it. Redirects are followed by hand
+    (`HubClient.request`), where every target is checked first.
+    """
+
+    def resolve_redirects(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return iter(())
 
 
 class HubClient:
@@ -160,11 +304,9 @@ class HubClient:
         connect_timeout: float = 1800.0,
         stall_timeout: float = 60.0,
         debug: Callable[[str], None] | None = None,
+        source: str = "--base-url",
     ) -> None:
-        scheme = urlsplit(base_url).scheme
-        if scheme not in ("http", "https") or not urlsplit(base_url).hostname:
-            raise UsageError(f"invalid --base-url {base_url!r}", "use e.g. https://huggingface.co")
-        self.base_url = base_url.rstrip("/")
+        self.base_url = validate_base_url(base_url, source)
         self._token = token
         self._timeout = (connect_timeout, stall_timeout)
         self._debug = debug or (lambda _message: None)
@@ -177,7 +319,7 @@ class HubClient:
 
     def new_session(self) -> requests.Session:
         """One connection pool per stream; proxies come from the environment."""
-        session = requests.Session()
+        session = _Session()
         session.trust_env = True
         session.headers.update(
             {"User-Agent": f"bitnet-xtask/{__version__}", "Accept-Encoding": "identity"}
@@ -196,6 +338,7 @@ class HubClient:
         """Send, following redirects by our rules; map failures to our errors."""
         hub_headers: dict[str, str] = {}
         base_origin = _origin(self.base_url)
+        redirected_from: str | None = None
         for _ in range(MAX_REDIRECTS + 1):
             on_hub = _origin(url) == base_origin
             send = dict(headers or {})
@@ -210,12 +353,8 @@ class HubClient:
                     allow_redirects=False,
                     timeout=self._timeout,
                 )
-            except requests.exceptions.InvalidURL as exc:
-                raise UsageError(f"invalid URL {redact(url)}: {exc}") from None
-            except requests.exceptions.ProxyError as exc:
-                raise TransientError(f"proxy error: {_reason(exc)}") from None
-            except requests.RequestException as exc:
-                raise TransientError(f"{_reason(exc)} ({redact(url)})") from None
+            except (requests.RequestException, urllib3.exceptions.LocationValueError) as exc:
+                raise _failure(exc, url, redirected_from) from None
             self._debug(
                 f"{method} {redact(url)} {_describe_headers(send)}-> {raw.status_code}"
                 f" {_describe_headers(raw.headers, _ANSWER_HEADERS)}"
@@ -229,14 +368,24 @@ class HubClient:
                 raw.close()
                 if not location:
                     raise NetworkError(f"redirect without Location from {redact(url)}")
-                target = urljoin(url, location)
+                try:
+                    target = urljoin(url, location)
+                except ValueError:  # `http://[::1`: urljoin parses it, and fails
+                    target = location
+                if problem := url_problem(target):
+                    raise NetworkError(
+                        f"protocol error: {redact(url)} redirected to {redact(target)!r}, "
+                        f"which can't be followed: {problem}",
+                        "the server (or a proxy in between) sent a bad Location; "
+                        "report it to its operator, or use another --base-url",
+                    )
                 if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
                     raise NetworkError(
                         f"refusing redirect from https to {urlsplit(target).scheme}: "
                         f"{redact(target)}",
                         "the server tried to downgrade the connection; use a trusted mirror",
                     )
-                url = target
+                redirected_from, url = url, target
                 continue
             response = Response(raw=raw, hub_headers=hub_headers, from_hub=on_hub)
             self._raise_for_status(response, url)
@@ -327,6 +476,86 @@ def _describe_headers(headers: Mapping[str, str], names: tuple[str, ...] = _REQU
         if name in lowered
     ]
     return f"[{' '.join(shown)}] " if shown else ""
+
+
+def _failure(
+    exc: requests.RequestException | urllib3.exceptions.LocationValueError,
+    url: str,
+    redirected_from: str | None,
+) -> XtaskError | TransientError:
+    """What a failed request means: retry only what a later attempt can fix.
+
+    A host name that does not exist, an untrusted certificate or a URL requests refuses
+    will fail the same way every time, so they are final errors that say what happened
+    (a name that did not resolve used to be "connection failed or dropped", retried; a
+    redirect to `file://` an "InvalidSchema", retried).
+    """
+    where = redact(url)
+    via = f" (redirected from {redact(redirected_from)})" if redirected_from else ""
+    fix = (
+        "the server redirected to it; report it to the server's operator, or use another --base-url"
+        if redirected_from
+        else "check --base-url (or $HF_ENDPOINT), and the name and DNS settings of that host"
+    )
+    host = urlsplit(url).hostname or "?"
+    if isinstance(
+        exc,
+        requests.exceptions.InvalidURL
+        | requests.exceptions.InvalidSchema
+        | requests.exceptions.MissingSchema
+        | urllib3.exceptions.LocationValueError,
+    ):
+        if redirected_from:
+            return NetworkError(f"protocol error: can't fetch {where}{via}: {exc}", fix)
+        return UsageError(f"invalid URL {where}: {exc}")
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return TransientError(f"proxy error: {_reason(exc)}")
+    if (lookup := _cause(exc, socket.gaierror)) is not None:
+        if lookup.errno in _FINAL_LOOKUP_ERRORS:
+            return NetworkError(
+                f"host name {host!r} does not resolve ({lookup.strerror}): {where}{via}", fix
+            )
+        return TransientError(f"temporary failure resolving {host!r} ({where})")
+    if (untrusted := _cause(exc, ssl.SSLCertVerificationError)) is not None:
+        return NetworkError(
+            f"TLS certificate of {host} not trusted ({untrusted.verify_message}): {where}{via}",
+            "for a mirror with a private CA, set REQUESTS_CA_BUNDLE to its certificate file",
+        )
+    if isinstance(
+        exc,
+        requests.ConnectionError
+        | requests.Timeout
+        | requests.exceptions.ChunkedEncodingError
+        | requests.exceptions.ContentDecodingError,
+    ):
+        return TransientError(f"{_reason(exc)} ({where})")
+    # InvalidHeader, TooManyRedirects, ...: the same request fails the same way again.
+    return NetworkError(f"{type(exc).__name__} for {where}{via}")
+
+
+# EAI_NONAME "Name or service not known", EAI_NODATA "No address associated with
+# hostname", EAI_FAIL "Non-recoverable failure": answers, not outages (EAI_AGAIN is one).
+_FINAL_LOOKUP_ERRORS = frozenset(
+    getattr(socket, name)
+    for name in ("EAI_NONAME", "EAI_NODATA", "EAI_FAIL")
+    if hasattr(socket, name)
+)
+
+
+def _cause(exc: BaseException, kind: type[_E]) -> _E | None:
+    """The first `kind` in the chain of causes (requests wraps urllib3 wraps socket)."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        linked = (current.__cause__, current.__context__, getattr(current, "reason", None))
+        todo += [e for e in (*linked, *current.args) if isinstance(e, BaseException)]
+    return None
 
 
 def _reason(exc: requests.RequestException) -> str:

@@ -9,6 +9,7 @@ full jitter, so many CI jobs hitting one mirror do not retry in lockstep.
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import TypeVar
 from bitnet_xtask.errors import NetworkError, RateLimitedError, XtaskError
 
 T = TypeVar("T")
+_DELTA_SECONDS = re.compile(r"^[0-9]{1,12}$")
 
 
 class TransientError(Exception):
@@ -36,7 +38,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DELTA_SECONDS.match(value):  # not str.isdigit(): "²" is a digit to it, not to float()
         return float(value)
     try:
         when = parsedate_to_datetime(value)

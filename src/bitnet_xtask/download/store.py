@@ -11,6 +11,13 @@
 
 The resume state only ever claims bytes that were fsynced before it was written, so a
 crash or power cut can make us fetch a few MiB again, never trust bytes we lack.
+
+Every one of these names is ours alone: a symbolic link, a directory, a FIFO or a device
+planted at one of them is refused before anything is written (`check_destination`), and
+every file we write is opened with `O_NOFOLLOW` (`open_regular`), so a link swapped in
+later is refused too, never followed (a `.part` link would have overwritten its target,
+and the rename would have published the link). Files we write in place (`.part`,
+`.lock`, the state's in-place fallback) must also have a single hard link.
 """
 
 from __future__ import annotations
@@ -31,10 +38,20 @@ from pathlib import Path
 from typing import Any
 
 from bitnet_xtask.download.hub import as_sha256, is_strong
-from bitnet_xtask.errors import LockedError, NoSpaceError, UsageError
+from bitnet_xtask.errors import LockedError, NoSpaceError, UsageError, XtaskError
 
 HEADROOM_BYTES = 50 * 1024 * 1024
 STATE_VERSION = 1
+#: Bytes per path component on every file system we expect (ext4, xfs, btrfs, tmpfs,
+#: APFS): Linux's NAME_MAX, <linux/limits.h>.
+NAME_MAX = 255
+#: What the longest name derived from a local file name adds: the temp file of an atomic
+#: write of its resume state, `.{name}.part.json.{pid}.tmp` (a pid has at most 7 digits:
+#: the kernel's PID_MAX_LIMIT is 2^22, <linux/threads.h>).
+DERIVED_NAME_EXTRA = len(".") + len(".part.json") + len(".4194304.tmp")
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+#: A sidecar is a few hundred bytes (the state of a chunked download a few KiB).
+SIDECAR_LIMIT = 1 << 20
 
 
 def leaf_name(path_in_repo: str) -> str:
@@ -57,7 +74,16 @@ def leaf_name(path_in_repo: str) -> str:
             f"refusing unsafe --file {path_in_repo!r}",
             "give a path inside the repository, like ggml-model-i2_s.gguf or sub/model.gguf",
         )
-    return parts[-1]
+    name = parts[-1]
+    fits = NAME_MAX - DERIVED_NAME_EXTRA
+    if len(name.encode("utf-8", "surrogateescape")) > fits:
+        raise UsageError(
+            f"refusing --file {path_in_repo!r}: its local name is "
+            f"{len(name.encode('utf-8', 'surrogateescape'))} bytes, at most {fits} fit",
+            f"a file system allows {NAME_MAX} bytes per name and the download's sidecars "
+            f"add up to {DERIVED_NAME_EXTRA} (`.part.json` and its temp file)",
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -102,8 +128,16 @@ class Target:
 
 
 def model_dir(out: Path, repo_id: str) -> Path:
-    """`models/<id-with-dashes>/`, the reference guide's layout."""
-    return out / repo_id.replace("/", "-")
+    """`models/<id-with-dashes>/`, the reference guide's layout; refused (exit 2) when that
+    name is longer than a file system allows, before anything is created."""
+    name = repo_id.replace("/", "-")
+    if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        raise UsageError(
+            f"--id {repo_id!r} is too long: its directory name would be "
+            f"{len(name.encode('utf-8', 'surrogateescape'))} bytes, at most {NAME_MAX} fit",
+            "check --id (Hugging Face repository names are at most 96 characters)",
+        )
+    return out / name
 
 
 def fsync_dir(directory: Path) -> None:
@@ -149,11 +183,16 @@ def refuse_unless_replaceable(path: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Temp file, fsync, rename, fsync the directory: readers see old or new, never half.
-    Only an absent path or a regular file is ever replaced (`refuse_unless_replaceable`)."""
+    Only an absent path or a regular file is ever replaced (`refuse_unless_replaceable`);
+    the temp file is created afresh (`O_EXCL | O_NOFOLLOW`), so a link planted at its
+    name is never written through."""
     refuse_unless_replaceable(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("w", encoding="utf-8") as handle:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a crashed run's temp file (unlink never follows a link)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -166,11 +205,166 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def read_text(path: Path) -> str | None:
-    """A small sidecar's content, or None if absent."""
+    """A small sidecar's content, or None if absent; never through a link, never from a
+    FIFO (that would block), never more than `SIDECAR_LIMIT` bytes."""
     try:
-        return path.read_text(encoding="utf-8").strip() or None
+        fd = open_regular(path, write=False)
     except FileNotFoundError:
         return None
+    try:
+        data = os.read(fd, SIDECAR_LIMIT)
+    finally:
+        os.close(fd)
+    return data.decode("utf-8", "replace").strip() or None
+
+
+def fs_error(exc: OSError, path: Path) -> XtaskError:
+    """An OSError on one of our files, as the documented error a user can act on."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return NoSpaceError(
+            f"disk full while writing {path}",
+            "free some space (or use --out on a larger disk) and run the same command again",
+        )
+    if exc.errno == errno.ELOOP:
+        return UsageError(
+            f"refusing to use {path}: it is a symbolic link", "remove it and run again"
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UsageError(f"cannot write {path}: {reason}", "use a writable directory")
+    if exc.errno in (errno.EISDIR, errno.ENOTDIR, errno.ENXIO, errno.ENAMETOOLONG):
+        return UsageError(f"cannot use {path}: {reason}")
+    return XtaskError(f"cannot open {path}: {reason}")
+
+
+def open_regular(path: Path, *, write: bool, create: bool = False, truncate: bool = False) -> int:
+    """A descriptor on the regular file at `path`, never through a symbolic link.
+
+    `O_NOFOLLOW` refuses a link at the last component; the file is checked with fstat on
+    the open descriptor (what is checked is what is used), opened with `O_NONBLOCK` so a
+    FIFO cannot block the open. A file opened to be written must have one hard link: a
+    link to someone else's file would be written too. A missing file without `create`
+    raises FileNotFoundError; every other problem is an `XtaskError` (`fs_error`).
+    `truncate` empties the file only after these checks.
+    """
+    flags = (os.O_RDWR if write else os.O_RDONLY) | os.O_NOFOLLOW | os.O_NONBLOCK | _CLOEXEC
+    try:
+        fd = os.open(path, flags | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise fs_error(exc, path) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError(
+                f"refusing to use {path}: it is {file_kind(info.st_mode)}, not a regular file",
+                "remove it and run again",
+            )
+        if write and info.st_nlink > 1:
+            raise UsageError(
+                f"refusing to write {path}: it has {info.st_nlink} hard links, so another "
+                "file would change with it",
+                "remove it and run again",
+            )
+        os.set_blocking(fd, True)
+        if truncate:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _nearest_existing(directory: Path) -> tuple[Path, os.stat_result]:
+    """`directory`, or its closest ancestor that exists, with its (followed) stat."""
+    probe = directory
+    while True:
+        try:
+            return probe, probe.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            if probe.is_symlink():
+                raise UsageError(
+                    f"cannot use {directory}: {probe} is a symbolic link to nothing"
+                ) from None
+            if probe == probe.parent:
+                raise
+            probe = probe.parent
+        except OSError as exc:
+            raise UsageError(f"cannot use {directory}: {probe}: {exc.strerror}") from None
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def check_destination(target: Target) -> None:
+    """Refuse up front (exit 2) every file-system condition that would otherwise fail, or
+    do harm, only once the download is under way or done.
+
+    - the directory, or what would hold it, is not a directory (`--out` a file,
+      `/dev/null`), or is not writable (read-only mount, permissions);
+    - the final name, or a sidecar, exists and is not a regular file: a directory at the
+      final name would fail the rename after the whole download; a symbolic link at
+      `.part` or `.lock` would have its target overwritten or truncated;
+    - `.part`, `.part.json` or `.lock` has more than one hard link (they are written in
+      place). The final file may have several: a blob adopted from the HF cache has.
+
+    Only ever reads; missing directories are created later, by the download.
+    """
+    directory = target.directory
+    existing, info = _nearest_existing(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        what = "it is" if existing == directory else f"{existing} is"
+        raise UsageError(
+            f"cannot use {directory} as a directory: {what} {file_kind(info.st_mode)}",
+            "give --out a directory (one that does not exist yet is created)",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only(existing) else "permission denied"
+        raise UsageError(f"cannot write in {existing}: {why}", "give --out a writable directory")
+    if existing != directory:
+        return
+    written_in_place = (target.part, target.state, target.lock)
+    for path in (target.final, target.part, target.state, target.lock, target.etag, target.lastmod):
+        try:
+            node = path.lstat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UsageError(f"cannot use {path}: {exc.strerror}") from None
+        if not stat.S_ISREG(node.st_mode):
+            raise UsageError(
+                f"refusing to use {path}: it is {file_kind(node.st_mode)}, not a regular file",
+                "nothing was written; remove it (or choose another --out) and run again",
+            )
+        if path in written_in_place and node.st_nlink > 1:
+            raise UsageError(
+                f"refusing to use {path}: it has {node.st_nlink} hard links, so another "
+                "file would change with it",
+                "nothing was written; remove it (or choose another --out) and run again",
+            )
+
+
+def link_or_copy(source: Path, dest: Path) -> None:
+    """Hard-link `source` (a link in it is followed) to the absent `dest`, else copy it
+    there; the copy is written through `open_regular`, so never through a link."""
+    try:
+        os.link(source, dest)
+        return
+    except OSError:
+        pass
+    fd = open_regular(dest, write=True, create=True, truncate=True)
+    with source.open("rb") as src, os.fdopen(fd, "wb") as dst:
+        shutil.copyfileobj(src, dst, 4 << 20)
+
+
+def publish(part: Path, final: Path) -> None:
+    """Rename the verified `.part` over the final name, durably; only ever over an absent
+    path or a regular file (a link there is replaced, never followed)."""
+    refuse_unless_replaceable(final)
+    part.replace(final)
+    fsync_dir(final.parent)
 
 
 def remove(*paths: Path) -> None:
@@ -283,19 +477,50 @@ class ResumeState:
 
     @classmethod
     def load(cls, path: Path) -> ResumeState | None:
-        """The sidecar, or None when absent, unreadable or from another version."""
+        """The sidecar, or None when absent, unreadable, from another version, or claiming
+        what no download of ours writes: the checksum exposes a torn write, not a forged
+        one, so the shape is checked too (JSON nested past the recursion limit, a `done`
+        that is not an integer, ranges that overlap or leave the file would otherwise be
+        tracebacks, or a splice)."""
         text = read_text(path)
         if text is None:
             return None
         try:
-            data: dict[str, Any] = json.loads(text)
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                return None
             check = data.pop("check", None)
             if data.get("version") != STATE_VERSION or check != _checksum(data):
                 return None
             data["chunks"] = [Chunk(**c) for c in data.get("chunks", [])]
-            return cls(**data)
-        except (ValueError, TypeError):
+            state = cls(**data)
+        except (ValueError, TypeError, RecursionError):
             return None
+        return state if state.well_formed() else None
+
+    def well_formed(self) -> bool:
+        """Field types, and chunks that are ordered, disjoint ranges inside the file."""
+        if not all(isinstance(v, str | None) for v in (self.url, self.etag, self.linked_etag)):
+            return False
+        if not all(isinstance(v, str | None) for v in (self.commit, self.last_modified)):
+            return False
+        if not isinstance(self.url, str) or not _count(self.size, allow_none=True):
+            return False
+        end = 0
+        for chunk in self.chunks:
+            if not all(_count(v) for v in (chunk.start, chunk.end, chunk.done)):
+                return False
+            if not end <= chunk.start <= chunk.done <= chunk.end:
+                return False
+            end = chunk.end
+        return self.size is None or end <= self.size
+
+
+def _count(value: object, *, allow_none: bool = False) -> bool:
+    """A non-negative int (not a bool), or None where allowed."""
+    if value is None:
+        return allow_none
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _checksum(body: dict[str, Any]) -> str:
@@ -312,10 +537,12 @@ def write_state(path: Path, text: str) -> None:
     """
     try:
         atomic_write_text(path, text)
-    except NoSpaceError:
-        if not path.exists():
-            raise
-        with path.open("r+", encoding="utf-8") as handle:
+    except NoSpaceError as full:
+        try:
+            fd = open_regular(path, write=True)
+        except FileNotFoundError:
+            raise full from None
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.truncate()
             handle.flush()
@@ -359,7 +586,7 @@ class FileLock:
         try:
             info = json.loads(text or "{}")
             return f"pid {info['pid']} on {info['host']} (since {info['since']})"
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return "another process"
 
     def acquire(self) -> None:
@@ -367,7 +594,7 @@ class FileLock:
         deadline = time.monotonic() + self.timeout
         announced = False
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_regular(self.path, write=True, create=True)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -385,14 +612,14 @@ class FileLock:
                 continue
             # The holder may have unlinked the file between our open and flock.
             try:
-                same = os.fstat(fd).st_ino == self.path.stat().st_ino
+                same = os.fstat(fd).st_ino == self.path.lstat().st_ino
             except FileNotFoundError:
                 same = False
             if not same:
                 os.close(fd)
                 continue
             previous = os.read(fd, 4096).decode("utf-8", "replace")
-            with contextlib.suppress(ValueError, KeyError, TypeError):
+            with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
                 pid = int(json.loads(previous)["pid"])
                 self.took_over = f"pid {pid}" + ("" if _pid_alive(pid) else " (no longer running)")
             os.ftruncate(fd, 0)

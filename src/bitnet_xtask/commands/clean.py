@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from bitnet_xtask.cache import CacheEntry, cache_entries, remove_entries
+from bitnet_xtask.cache import CacheEntry, cache_entries, check_selection, remove_entries
 from bitnet_xtask.commands.common import reporting
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.events import ConsoleReporter, human_bytes
@@ -30,7 +30,9 @@ def parse_selection(answer: str, count: int) -> list[int]:
 
 @click.command("clean-cache")
 @click.option("--yes", is_flag=True, help="Remove every listed cache without asking.")
-@click.option("--dry-run", is_flag=True, help="List the caches; remove nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="List the caches and what --yes would do; remove nothing."
+)
 @click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout.")
 @click.option(
     "--models", type=click.Path(path_type=Path), default=Path("models"), show_default=True
@@ -57,17 +59,27 @@ def clean_cache_command(
         entries = cache_entries(models, fixtures)
         for number, entry in enumerate(entries, start=1):
             link = " (symlink: only the link is removed)" if entry.is_link else ""
+            refused = f"  [refused: {entry.refused}]" if entry.refused else ""
             say(
                 {"phase": "entry", "index": number, **entry.to_dict()},
-                f"{number:>3}  {human_bytes(entry.size):>10}  {entry.name}: {entry.path}{link}",
+                f"{number:>3}  {human_bytes(entry.size):>10}  {entry.name}: {entry.path}"
+                f"{link}{refused}",
             )
         if not entries:
             say({"phase": "done", "removed": [], "bytes": 0}, "nothing to clean")
             return
-        selected: list[CacheEntry] = []
         if dry_run:
-            pass
-        elif yes:
+            # Exactly what --yes would do: the same entries, judged by the same rule.
+            check_selection(entries, entries)
+            total = sum(entry.size for entry in entries)
+            say(
+                {"phase": "done", "removed": [], "bytes": 0},
+                f"dry run: --yes would remove {len(entries)} of {len(entries)} "
+                f"({human_bytes(total)}); removed nothing",
+            )
+            return
+        selected: list[CacheEntry] = []
+        if yes:
             selected = entries
         elif sys.stdin.isatty() and sys.stderr.isatty():
             answer = click.prompt(
@@ -83,6 +95,5 @@ def clean_cache_command(
         total = sum(entry.size for entry in removed)
         say(
             {"phase": "done", "removed": [str(e.path) for e in removed], "bytes": total},
-            f"removed {len(removed)} of {len(entries)} ({human_bytes(total)})"
-            + (" (dry run)" if dry_run else ""),
+            f"removed {len(removed)} of {len(entries)} ({human_bytes(total)})",
         )

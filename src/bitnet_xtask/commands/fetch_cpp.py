@@ -28,7 +28,9 @@ def _cuda_from_preflight() -> tuple[bool, tuple[str, ...]]:
     default="llama.cpp",
     show_default=True,
 )
-@click.option("--rev", help="Build this commit of the reference's GitHub repository.")
+@click.option(
+    "--rev", help="Build this commit (7-40 hex digits) of the reference's GitHub repository."
+)
 @click.option("--tag", help="Build this tag of the reference's GitHub repository.")
 @click.option("--hash", "tree_hash", help="The NAR hash (sha256-...=) that --rev/--tag must have.")
 @click.option(
@@ -46,11 +48,18 @@ def _cuda_from_preflight() -> tuple[bool, tuple[str, ...]]:
 @click.option(
     "--backend", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True
 )
-@click.option("--cuda-arch", "cuda_archs", multiple=True, help="e.g. 90 or 86; repeatable.")
+@click.option(
+    "--cuda-arch",
+    "cuda_archs",
+    multiple=True,
+    help="e.g. 90, 86, 120a or 90-real (CMake's CUDA_ARCHITECTURES); repeatable.",
+)
 @click.option("--native", is_flag=True, help="GGML_NATIVE=ON: tune for this CPU (not portable).")
 @click.option("--force", is_flag=True, help="Build again even if the receipt matches.")
 @click.option("--clean", is_flag=True, help="Remove the build directory first.")
-@click.option("--jobs", type=click.IntRange(1), help="Parallel compile jobs (Ninja's default).")
+@click.option(
+    "--jobs", type=click.IntRange(1, 4096), help="Parallel compile jobs (Ninja's default)."
+)
 @click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout.")
 def fetch_cpp_command(
     ref: str,
@@ -70,22 +79,25 @@ def fetch_cpp_command(
     """Fetch a pinned C++ reference, verify it, and build it with CMake + Ninja."""
     reporter = ConsoleReporter(json_lines=json_lines, progress=False)
     with reporting(reporter):
-        from bitnet_xtask.cpp.build import BuildRequest, build_reference
+        from bitnet_xtask.cpp.build import (
+            BuildRequest,
+            build_reference,
+            check_cuda_archs,
+            requested_revision,
+        )
 
-        if rev and tag:
-            raise UsageError("give --rev or --tag, not both")
-        if (rev or tag) and source:
+        revision = requested_revision(rev, tag)
+        if revision is not None and source:
             raise UsageError("--source builds a local tree: it takes no --rev/--tag")
+        check_cuda_archs(cuda_archs)  # before asking the GPUs: the user's typo first
         if backend == "auto":
             has_cuda, detected = _cuda_from_preflight()
             backend = "cuda" if has_cuda else "cpu"
             cuda_archs = cuda_archs or detected
-        if cuda_archs and backend != "cuda":
-            raise UsageError("--cuda-arch needs --backend cuda (or auto on a CUDA machine)")
         request = BuildRequest(
             ref=ref,
             backend=backend,
-            rev=rev or tag,
+            rev=revision,
             hash=tree_hash,
             kernel=kernel,
             cuda_archs=tuple(cuda_archs),

@@ -19,6 +19,7 @@ builds again, and the error points at build.log.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,14 +38,23 @@ from typing import Any
 from bitnet_xtask import __version__
 from bitnet_xtask.cache import cpp_cache_root
 from bitnet_xtask.cpp import bitnet_kernels
-from bitnet_xtask.cpp.nar import nar_hash
+from bitnet_xtask.cpp.nar import NarError, nar_hash
 from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin, is_sri, load_pins
 from bitnet_xtask.cpp.source import GITHUB, fetch_source
 from bitnet_xtask.download.store import FileLock, atomic_write_text, ensure_space
-from bitnet_xtask.errors import UsageError, XtaskError
+from bitnet_xtask.errors import NoSpaceError, UsageError, XtaskError
 from bitnet_xtask.events import NullReporter, Reporter
+from bitnet_xtask.inputs import MiB, read_json, read_text
 
 _REV_OR_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+#: A git commit id, abbreviated (git's minimum is 4, its default 7) or full (40 hex).
+_COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
+#: CMake's CUDA_ARCHITECTURES entries (CMake >= 3.18): a compute capability times ten,
+#: optionally with nvcc's arch-specific `a` or family `f` suffix, optionally `-real` or
+#: `-virtual`; or one of the keywords `all`, `all-major` (3.23) or `native` (3.24), alone.
+_CUDA_ARCH = re.compile(r"^(?P<sm>[0-9]{2,3})[af]?(-real|-virtual)?$")
+CUDA_ARCH_KEYWORDS = ("all", "all-major", "native")
+CUDA_SM_RANGE = (50, 199)  # compute capability 5.0 (Maxwell, ggml's oldest) to 19.9
 CLI_TARGETS = ("llama-cli", "llama-completion", "llama-simple")
 HARNESS_DIR = Path(__file__).parent / "harness"
 BUILD_SPACE_BYTES = 2 << 30
@@ -86,6 +97,55 @@ class BuildResult:
         return self.directory / "bin"
 
 
+def requested_revision(rev: str | None, tag: str | None) -> str | None:
+    """`--rev COMMIT` or `--tag TAG`, checked before anything is fetched: a commit is
+    7-40 hex digits (`--rev zzzz` would only fail later, as a download), a tag a plain
+    ref name."""
+    if rev is not None and tag is not None:
+        raise UsageError("give --rev or --tag, not both")
+    if rev is not None and not _COMMIT.match(rev):
+        raise UsageError(
+            f"--rev {rev!r} is not a commit id (7 to 40 hex digits)",
+            "give a commit like 0c1e57098 (or its full 40 digits); use --tag for a tag name",
+        )
+    if tag is not None and not _REV_OR_TAG.match(tag):
+        raise UsageError(
+            f"--tag {tag!r} is not a tag name",
+            "letters, digits, '.', '_' and '-', starting with a letter or digit (like b6000)",
+        )
+    return rev if rev is not None else tag
+
+
+def check_cuda_archs(archs: Sequence[str]) -> tuple[str, ...]:
+    """The `--cuda-arch` values, each one CMake's CUDA_ARCHITECTURES accepts, checked
+    before a 50 MB fetch and minutes of configuring find out."""
+    for arch in archs:
+        if arch in CUDA_ARCH_KEYWORDS:
+            if len(archs) > 1:
+                raise UsageError(f"--cuda-arch {arch} stands alone: give it without others")
+            continue
+        match = _CUDA_ARCH.match(arch)
+        low, high = CUDA_SM_RANGE
+        if match is None or not low <= int(match["sm"]) <= high:
+            raise UsageError(
+                f"--cuda-arch {arch!r} is not a CUDA architecture",
+                f"give the compute capability times ten, {low} to {high} (90 for 9.0, 86, "
+                "120), optionally with -real or -virtual, or one of "
+                + ", ".join(CUDA_ARCH_KEYWORDS)
+                + "; repeat --cuda-arch for several",
+            )
+    return tuple(archs)
+
+
+def check_request(request: BuildRequest) -> None:
+    """Everything about the request that can be wrong, found before any download."""
+    if request.cuda_archs and request.backend != "cuda":
+        raise UsageError("--cuda-arch needs --backend cuda (or auto on a CUDA machine)")
+    check_cuda_archs(request.cuda_archs)
+    if request.jobs is not None and request.jobs < 1:
+        raise UsageError(f"--jobs {request.jobs} is not a positive number of jobs")
+
+
 def revision(pin: Pin) -> str:
     """The short revision that names the build directory."""
     return pin.rev[:12] if isinstance(pin, GithubPin) else pin.upstream.get("rev", pin.version)
@@ -108,11 +168,18 @@ def resolve_pin(request: BuildRequest, pins: dict[str, Pin]) -> Pin:
             f"{request.ref} has submodules, whose commits a GitHub tarball does not record",
             "build another revision from a recursive checkout with --source DIR",
         )
+    placeholder = "sha256-" + "A" * 43 + "="
+    if request.hash is None:
+        raise UsageError(
+            "--rev/--tag needs --hash, the NAR hash of the tree",
+            f"run once with any hash such as {placeholder}; the mismatch error shows the "
+            "real one, to check against `nix-prefetch-url --unpack`",
+        )
     if not is_sri(request.hash):
         raise UsageError(
-            f"--rev/--tag needs --hash, the NAR hash of the tree (got {request.hash!r})",
-            "run once with any hash such as sha256-" + "A" * 43 + "=; the mismatch "
-            "error shows the real one, to check against `nix-prefetch-url --unpack`",
+            f"--hash {request.hash!r} is not a NAR hash in SRI form: expected sha256- "
+            "followed by 43 base64 characters and '=' (sha256-...=)",
+            f"copy it from `nix hash path` or a mismatch error, or run once with {placeholder}",
         )
     if isinstance(pin, GithubPin):
         owner, repo = pin.owner, pin.repo
@@ -315,11 +382,12 @@ def build_reference(
 ) -> BuildResult:
     """Fetch, verify and build `request.ref`; a no-op when the receipt matches."""
     reporter = reporter or NullReporter()
+    check_request(request)
     pin = resolve_pin(request, pins if pins is not None else load_pins())
     tag = "local" if request.source else revision(pin)
     variant = f"{request.backend}-native" if request.native else request.backend
     directory = cpp_cache_root() / f"{request.ref}-{tag}-{variant}"
-    directory.mkdir(parents=True, exist_ok=True)
+    writable_cache(directory)
     with FileLock(directory / ".lock", timeout=3600, on_wait=reporter.info).held():
         if request.clean:  # under the lock: never under a concurrent build's feet
             for entry in directory.iterdir():
@@ -334,16 +402,70 @@ def build_reference(
         if request.source:
             # Generated files first, so that the hash of the tree we build is stable.
             _generate(request, request.source)
-            source_hash = nar_hash(request.source)
+            source_hash = _source_hash(request.source)
         inputs = _inputs(pin, request, source_hash)
         if receipt_path.is_file() and not request.force:
-            receipt = json.loads(receipt_path.read_text(encoding="utf-8"))
+            receipt = _read_receipt(receipt_path)
             if receipt.get("inputs") == inputs:
                 reporter.info(f"{request.ref} is up to date in {directory} (nothing to do)")
                 point_latest(directory, cli_name(request.ref))
                 return BuildResult(directory, receipt, built=False)
         receipt_path.unlink(missing_ok=True)
         return _build(request, pin, directory, inputs, reporter, github)
+
+
+def writable_cache(directory: Path) -> None:
+    """Create the build directory and prove it writable, so that a read-only or full
+    cache is one clear error before anything runs, not a traceback from a lock file."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # A few KiB really written: on a full disk creating an empty file still works,
+        # and the lock file's first write is what would fail (with a traceback).
+        with tempfile.TemporaryFile(dir=directory, prefix=".write-test.") as probe:
+            probe.write(bytes(4096))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise NoSpaceError(
+                f"no space left for the fetch-cpp cache {directory}",
+                "free some space, or set XDG_CACHE_HOME to a larger disk",
+            ) from None
+        raise UsageError(
+            f"cannot write the fetch-cpp cache {directory}: {exc.strerror}",
+            "builds go to $XDG_CACHE_HOME/bitnet_cpp: make it writable, or set "
+            "XDG_CACHE_HOME to a writable directory",
+        ) from None
+
+
+def _source_hash(tree: Path) -> str:
+    """The NAR hash of a `--source` tree; a tree Nix could not archive either (a FIFO,
+    a socket, an unreadable file) is a usage error naming the entry."""
+    try:
+        return nar_hash(tree)
+    except NarError as exc:
+        raise UsageError(f"--source {tree}: {exc}", "remove that entry from the tree") from None
+    except OSError as exc:
+        where = exc.filename or tree
+        raise UsageError(f"--source {tree}: cannot read {where}: {exc.strerror}") from None
+
+
+def _read_receipt(path: Path) -> dict[str, Any]:
+    """The build's receipt; one that cannot be read as a JSON object (a crash of another
+    tool, a hand edit) only means the build is not known to be current."""
+    try:
+        receipt = read_json(path, what="build receipt", limit=64 * MiB)
+    except UsageError:
+        return {}
+    return receipt if isinstance(receipt, dict) else {}
+
+
+def _read_marker(path: Path) -> str | None:
+    """`src.verified`, or None when it cannot be read as text: then verify again."""
+    try:
+        return read_text(path, what="source marker", limit=4096)
+    except UsageError:
+        return None
 
 
 def cli_name(ref: str) -> str:
@@ -369,6 +491,11 @@ def _generate(request: BuildRequest, tree: Path) -> None:
             bitnet_kernels.generate_kernels(tree, request.kernel, replace=not request.source)
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+        except OSError as exc:  # a read-only --source checkout, say
+            raise UsageError(
+                f"cannot write bitnet.cpp's generated kernel code into {tree}: {exc.strerror}",
+                "give --source a writable checkout",
+            ) from None
 
 
 def _verified_source(
@@ -379,7 +506,7 @@ def _verified_source(
     marker = directory / "src.verified"
     subdir = pin.subdir if isinstance(pin, SdistPin) else ""
     tree = directory / "src" / subdir if subdir else directory / "src"
-    if marker.is_file() and marker.read_text(encoding="utf-8") == source_id and tree.is_dir():
+    if marker.is_file() and _read_marker(marker) == source_id and tree.is_dir():
         reporter.info(f"reusing the verified source in {directory / 'src'}")
         return tree
     marker.unlink(missing_ok=True)
@@ -450,7 +577,7 @@ def _build(
     if request.source:
         # Some builds write into their source tree (the 2024 llama.cpp generates
         # common/build-info.cpp there): record the tree as the next run will find it.
-        inputs = {**inputs, "source": nar_hash(request.source)}
+        inputs = {**inputs, "source": _source_hash(request.source)}
     receipt = {
         "version": RECEIPT_VERSION,
         "inputs": inputs,

@@ -8,7 +8,6 @@ no way to fetch unverified bytes.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bitnet_xtask.errors import UsageError
+from bitnet_xtask.inputs import parse_json, read_text
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REV = re.compile(r"^[0-9a-f]{40}$")
@@ -94,15 +94,16 @@ def _sdist(name: str, data: dict[str, Any]) -> SdistPin:
 
 def parse_pins(text: str) -> dict[str, Pin]:
     """Validate and load the pins; every problem names the pin and the field."""
-    try:
-        document = json.loads(text)
-        references: dict[str, dict[str, Any]] = document["references"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"pins.json is not valid: {exc}") from None
+    document = parse_json(text, what="pins.json")
+    references = document.get("references") if isinstance(document, dict) else None
+    if not isinstance(references, dict):
+        raise UsageError('pins.json is not valid: no "references" object')
     if document.get("version") != 1:
         raise UsageError(f"pins.json version {document.get('version')!r} is not supported")
     pins: dict[str, Pin] = {}
     for name, data in references.items():
+        if not isinstance(data, dict):
+            raise _bad(name, "not a JSON object")
         try:
             kind = data["kind"]
             if kind == "github":
@@ -113,11 +114,13 @@ def parse_pins(text: str) -> dict[str, Pin]:
                 raise _bad(name, f"unknown kind {kind!r}")
         except KeyError as exc:
             raise _bad(name, f"missing field {exc}") from None
+        except (TypeError, AttributeError) as exc:  # a field of the wrong JSON type
+            raise _bad(name, f"a field has the wrong type ({exc})") from None
     return pins
 
 
 def load_pins(path: Path | None = None) -> dict[str, Pin]:
     """The packaged pins.json, or another file."""
     if path is not None:
-        return parse_pins(path.read_text(encoding="utf-8"))
+        return parse_pins(read_text(path, what="pins file"))
     return parse_pins(resources.files(__package__).joinpath("pins.json").read_text("utf-8"))

@@ -9,9 +9,12 @@ libraries it loads) and the ggml backends compiled in, so preflight can say so f
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
@@ -108,6 +111,8 @@ def parse_fatbin(data: bytes) -> CudaCode:
         if magic != FATBIN_MAGIC:
             pos += 8  # containers are 8-byte aligned; skip padding
             continue
+        if header_size < _FATBIN_HEADER.size:
+            break  # a header that claims no room for itself: stop, never loop in place
         entry = pos + header_size
         end = min(entry + payload_size, len(data))
         while entry + _ENTRY_HEADER.size <= end:
@@ -127,11 +132,70 @@ def _library_stem(name: str) -> str:
     return name.split(".so", 1)[0]
 
 
-def read_binary(path: Path) -> BinaryFacts:
-    """Read the facts of one ELF file; a clear `UsageError` for anything else."""
+def open_regular(path: Path) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file (after links), else a clear
+    `UsageError`. O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
+    writer forever; fstat on the open descriptor checks what is actually read."""
     try:
-        with path.open("rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise UsageError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read {path}: {exc.strerror}", "check its permissions, or leave it out"
+        ) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        from bitnet_xtask.download.store import file_kind
+
+        what = "a directory" if stat.S_ISDIR(mode) else file_kind(mode)
+        raise UsageError(
+            f"{path} is {what}, not a binary",
+            "point --binary at a built executable, shared library or build directory",
+        )
+    return os.fdopen(fd, "rb")
+
+
+def check_layout(elf: ELFFile, size: int) -> None:
+    """Every table and every section or segment the header promises lies inside the file.
+
+    pyelftools reads the tables lazily, so a program-header offset of 2**60 goes unnoticed
+    unless something asks for a segment; the kernel would refuse to load such a file
+    (ELF gABI: e_phoff/e_shoff are file offsets, each table e_*num entries of
+    e_*entsize bytes), so it must not be reported as a binary that fits.
+    """
+    header = elf.header
+
+    def inside(offset: int, length: int, what: str) -> None:
+        if offset < 0 or length < 0 or offset + length > size:
+            raise ELFError(
+                f"{what} at offset {offset:,} (+{length:,} bytes) lies outside the "
+                f"{size:,}-byte file"
+            )
+
+    segments = elf.num_segments()
+    if segments:
+        if header["e_phentsize"] != elf.structs.Elf_Phdr.sizeof():
+            raise ELFError(f"program header entries of {header['e_phentsize']} bytes")
+        inside(header["e_phoff"], segments * header["e_phentsize"], "the program header table")
+    sections = elf.num_sections()
+    if sections:
+        inside(header["e_shoff"], sections * header["e_shentsize"], "the section header table")
+    for index, segment in enumerate(elf.iter_segments()):
+        inside(segment["p_offset"], segment["p_filesz"], f"segment {index}")
+    for section in elf.iter_sections():
+        if section["sh_type"] != "SHT_NOBITS":
+            inside(section["sh_offset"], section["sh_size"], f"section {section.name!r}")
+
+
+def read_binary(path: Path) -> BinaryFacts:
+    """Read the facts of one ELF file; a clear `UsageError` for anything else (not a
+    regular file, unreadable, not ELF, or an ELF whose tables point outside the file)."""
+    try:
+        with open_regular(path) as handle:
             elf = ELFFile(handle)
+            check_layout(elf, os.fstat(handle.fileno()).st_size)
             needed: list[str] = []
             symbols: set[str] = set()
             cuda: CudaCode | None = None
@@ -146,13 +210,10 @@ def read_binary(path: Path) -> BinaryFacts:
                 if section.name == ".nv_fatbin":
                     cuda = parse_fatbin(section.data())
             facts = (elf.elfclass, elf.get_machine_arch())
-    except FileNotFoundError:
-        raise UsageError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path} is a directory, not a binary") from None
-    except (ELFError, struct.error, ValueError, OSError) as exc:
+    except (ELFError, struct.error, ValueError, OverflowError, OSError) as exc:
+        detail = getattr(exc, "strerror", None) or exc
         raise UsageError(
-            f"{path} is not a readable ELF binary ({exc})",
+            f"{path} is not a readable ELF binary ({detail})",
             "point --binary at a built executable or shared library",
         ) from None
     backends = {

@@ -6,12 +6,14 @@ and the findings about whether they fit.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bitnet_xtask.cache import built_binaries
+from bitnet_xtask.cache import built_bin_dirs
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.gpu.detect import DEFAULT_PROBE_TIMEOUT, RuntimeReport, detect_runtime
 from bitnet_xtask.gpu.elf import BinaryFacts, read_binary
@@ -51,26 +53,90 @@ class PreflightReport:
         }
 
 
-def is_elf(path: Path) -> bool:
-    """Starts with the ELF magic (cheap filter before pyelftools)."""
+def _head(path: Path) -> bytes:
+    """The first four bytes of a regular file (empty for anything else); OSError if it
+    cannot be opened or read. O_NONBLOCK and fstat: a FIFO never blocks the scan."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        with path.open("rb") as handle:
-            return handle.read(4) == _ELF_MAGIC
+        return os.read(fd, 4) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    finally:
+        os.close(fd)
+
+
+def is_elf(path: Path) -> bool:
+    """A regular file that starts with the ELF magic (cheap filter before pyelftools)."""
+    try:
+        return _head(path) == _ELF_MAGIC
     except OSError:
         return False
+
+
+def _unreadable(path: Path, exc: OSError) -> UsageError:
+    return UsageError(
+        f"cannot read {path} while scanning for binaries: {exc.strerror}",
+        "fix its permissions, or give --binary the readable files or folders instead",
+    )
+
+
+def scan_directory(directory: Path) -> list[Path]:
+    """The ELF files under `directory`, recursively, in sorted order.
+
+    Links to files are followed (a build's `libggml.so -> libggml.so.0` is a binary);
+    links to folders are not (a `sub -> ..` link would loop). FIFOs, devices and sockets
+    are not binaries and are passed over without being opened for reading. An entry that
+    cannot be inspected or read, or a folder that cannot be listed, is a usage error
+    naming it: preflight never claims a fit for a binary it could not look at.
+    """
+    found: list[Path] = []
+    pending = [directory]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            raise _unreadable(folder, exc) from None
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                    continue
+                info = path.stat()
+            except FileNotFoundError:
+                continue  # a dangling link, or gone since the listing
+            except OSError as exc:
+                if entry.is_symlink():
+                    continue  # a link loop or a link into an unreadable place: not ours
+                raise _unreadable(path, exc) from None
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            try:
+                head = _head(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise _unreadable(path, exc) from None
+            if head == _ELF_MAGIC:
+                found.append(path)
+    return sorted(found)
 
 
 def expand_binaries(paths: Sequence[Path]) -> list[Path]:
     """Files as given; directories become the ELF files inside them (recursively);
     nothing given means the fetch-cpp builds' `bin/`."""
     if not paths:
-        return [p for p in built_binaries() if is_elf(p)]
+        return [binary for folder in built_bin_dirs() for binary in scan_directory(folder)]
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and is_elf(p))
+        try:
+            is_dir = path.is_dir()
+        except OSError:  # cannot even be inspected: read_binary says so clearly
+            is_dir = False
+        if is_dir:
+            files += scan_directory(path)
         else:
-            files.append(path)
+            files.append(path)  # read_binary says clearly what is wrong with it
     if not files:
         raise UsageError("no ELF binaries found in the given --binary paths")
     return files

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the flake offers, for machines that can fetch nixpkgs: `nix flake check`
 # (lint, tests, receipts in the sandbox), `nix build` of every package and dev shell,
-# the shape of every app and `--help` through each, and `nix fmt` in check mode.
+# the shape of every app and `--help` through each, and `nix fmt -- --ci` (the
+# formatter, treefmt with nixfmt, in check mode).
 # Needs network (github.com, cache.nixos.org) and Nix >= 2.18 (the pinned nixpkgs
 # 25.11's minimum). Where either is missing it says so and stops: it is skipped, not passed.
 # Logs in reports/nix-full/.
@@ -55,7 +56,7 @@ for output in packages devShells; do
   done
 done
 
-# Nix before 2.19 does not check apps at all: check their shape here, then run each.
+# Nix before 2.25 does not check apps at all: check their shape here, then run each.
 bad=$(nix eval --json ".#apps.$system" --apply 'apps: builtins.filter (name:
   let app = apps.${name}; in !(app.type or null == "app" && builtins.isString (app.program or null)))
   (builtins.attrNames apps)')
@@ -64,5 +65,5 @@ for name in $(nix eval --json ".#apps.$system" --apply builtins.attrNames | pyth
   run nix run --no-update-lock-file ".#$name" -- --help >/dev/null
 done
 
-run nix fmt -- --check .
+run nix fmt -- --ci
 echo "nix-full: ok"

@@ -4,8 +4,10 @@
 # Debian's nix-bin parses every .nix file, checks that flake.lock is well-formed, matches
 # flake.nix and holds SRI hashes, evaluates the parts of nix/ that need no nixpkgs (the
 # pins, the project facts) and compares them with Python's reading of the same files,
-# and checks the formatter's style where a Nix formatter is installed. The checks
-# themselves are tests/test_nix.py, so `tests` runs them too; JUnit XML in reports/.
+# evaluates flake.nix and nix/ with the real nixpkgs lib of the pinned release and a
+# recording stand-in for the package set (nix/recording-nixpkgs.nix), and checks the
+# formatter's style where a Nix formatter is installed. The checks themselves are
+# tests/test_nix.py, so `tests` runs them too; JUnit XML in reports/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

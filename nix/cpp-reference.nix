@@ -10,25 +10,27 @@
 #   build.log     every command fetch-cpp ran and its output
 #
 # Variants come from arguments, as in llama.cpp's own package.nix:
-#   .override { useCuda = true; cudaCapabilities = [ "8.9" ]; }  (packages.llama-cpp-cuda)
+#   .override { cudaCapabilities = [ "8.9" ]; }  (packages.llama-cpp-cuda: useCuda = true
+#   and the CUDA toolchain of nix/cuda.nix)
 {
   lib,
   stdenv,
   clangStdenv,
+  autoAddDriverRunpath,
   xtask,
   source,
   ref,
   useCuda ? false,
-  cudaPackages ? { },
-  cudaCapabilities ? (cudaPackages.flags.cudaCapabilities or [ ]),
-  autoAddDriverRunpath ? null,
+  # nix/cuda.nix applied to a CUDA package set; needed with useCuda.
+  cuda ? null,
+  cudaCapabilities ? (cuda.flags.cudaCapabilities or [ ]),
 }:
 let
   backend = if useCuda then "cuda" else "cpu";
   # bitnet.cpp's CMakeLists refuses any compiler but Clang; nvcc needs its host compiler.
   effectiveStdenv =
     if useCuda then
-      cudaPackages.backendStdenv
+      cuda.backendStdenv
     else if ref == "bitnet.cpp" then
       clangStdenv
     else
@@ -43,6 +45,7 @@ let
   buildDirectory = "$XDG_CACHE_HOME/bitnet_cpp/${ref}-local-${backend}";
 in
 assert lib.assertMsg (!(useCuda && ref == "bitnet.cpp")) "bitnet.cpp is built for the CPU only";
+assert lib.assertMsg (useCuda -> cuda != null) "useCuda needs cuda (nix/cuda.nix)";
 effectiveStdenv.mkDerivation {
   pname = "${lib.replaceStrings [ "." ] [ "-" ] ref}${lib.optionalString useCuda "-cuda"}";
   inherit (source) version;
@@ -53,22 +56,12 @@ effectiveStdenv.mkDerivation {
   nativeBuildInputs = [
     xtask
   ]
-  ++ lib.optionals useCuda [
-    cudaPackages.cudatoolkit
-    autoAddDriverRunpath
-  ];
+  ++ lib.optionals useCuda (cuda.nativeBuildInputs ++ [ autoAddDriverRunpath ]);
+  buildInputs = lib.optionals useCuda cuda.buildInputs;
 
-  env = lib.optionalAttrs useCuda {
-    # fetch-cpp runs CMake itself, so the CUDA setup hooks' cmakeFlags do not apply:
-    # point CMake's FindCUDAToolkit at the toolkit directly.
-    CUDAToolkit_ROOT = "${cudaPackages.cudatoolkit}";
-    CUDACXX = "${cudaPackages.cudatoolkit}/bin/nvcc";
-  };
-
-  # fetch-cpp configures and builds (CMake and Ninja come on PATH with xtask, so no
-  # CMake or Ninja setup hook takes over the phases).
-  dontConfigure = true;
-
+  # fetch-cpp configures and builds: CMake and Ninja come on PATH with xtask, so no CMake
+  # or Ninja setup hook takes over a phase. The generic configurePhase still runs (it finds
+  # no ./configure) with its hooks, as the CUDA packages' setup expects.
   buildPhase = ''
     runHook preBuild
     export HOME="$TMPDIR/home" XDG_CACHE_HOME="$TMPDIR/cache"

@@ -36,13 +36,31 @@ let
     else
       null;
 
+  # CUDA 12: one package set for llama-cpp-cuda and the cuda shell, its minor version and
+  # libraries pinned by flake.lock.
+  cuda = if hasCuda then import ./cuda.nix pkgsCuda.cudaPackages_12 else null;
+
+  # pkgs.callPackage for a file that makes a set of outputs (apps, shells, checks):
+  # lib.makeOverridable adds `override` and `overrideDerivation` to any set a callPackage
+  # returns, which the flake would then offer as an app, a shell and a check.
+  callOutputs =
+    path: args: builtins.removeAttrs (pkgs.callPackage path args) [ "override" "overrideDerivation" ];
+
+  files = import ./files.nix { inherit lib; };
   python = pkgs.${project.python};
   sources = pkgs.callPackage ./sources.nix { };
   gguf = pkgs.callPackage ./gguf.nix {
     inherit python;
     llamaCpp = sources."llama.cpp";
   };
-  xtask = pkgs.callPackage ./package.nix { inherit python gguf project; };
+  xtask = pkgs.callPackage ./package.nix {
+    inherit
+      python
+      gguf
+      project
+      files
+      ;
+  };
 
   reference =
     callPackage: ref: args:
@@ -60,10 +78,9 @@ let
       bitnet-cpp = reference pkgs.callPackage "bitnet.cpp" { };
     }
     // lib.optionalAttrs hasCuda {
-      # CUDA 12, the minor version and its libraries pinned by flake.lock.
       llama-cpp-cuda = reference pkgsCuda.callPackage "llama.cpp" {
         useCuda = true;
-        cudaPackages = pkgsCuda.cudaPackages_12;
+        inherit cuda;
       };
     };
 in
@@ -74,7 +91,7 @@ in
   }
   // references;
 
-  apps = pkgs.callPackage ./apps.nix {
+  apps = callOutputs ./apps.nix {
     inherit xtask project;
     prebuilt = lib.optionalAttrs hasCpp {
       crossval = {
@@ -87,24 +104,27 @@ in
     };
   };
 
-  devShells = pkgs.callPackage ./devshells.nix {
+  devShells = callOutputs ./devshells.nix {
     inherit
       python
       xtask
       project
-      pkgsCuda
+      cuda
       ;
   };
 
-  checks = pkgs.callPackage ./checks.nix {
+  checks = callOutputs ./checks.nix {
     inherit
       python
       xtask
+      files
       sources
       references
       project
       ;
   };
 
-  formatter = pkgs.nixfmt;
+  # treefmt with nixfmt: `nix fmt` formats the tree (plain nixfmt, given no file since
+  # Nix 2.25, would wait on stdin); `nix fmt -- --ci` checks it.
+  formatter = pkgs.nixfmt-tree;
 }

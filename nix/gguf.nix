@@ -9,7 +9,7 @@ python.pkgs.buildPythonPackage {
   pname = "gguf";
   # The package's own version (gguf-py's pyproject.toml) is in the wheel; this names
   # the pin it comes from.
-  version = "0-llama-cpp-python-${llamaCpp.version}";
+  version = "0-llama-cpp-python-${llamaCpp.pin.version}";
   pyproject = true;
 
   src = llamaCpp.src;

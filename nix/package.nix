@@ -6,6 +6,7 @@
   cmake,
   ninja,
   project,
+  files,
 }:
 let
   # pyproject.toml's dependencies (less cmake and ninja, below) and its `dev` extra
@@ -23,7 +24,8 @@ let
     python.pkgs.mypy
     python.pkgs.pytest
     python.pkgs.pytest-timeout
-    python.pkgs.types-jsonschema
+    # Most likely not in nixpkgs 25.11: then packaged here, from PyPI's sdist.
+    (python.pkgs.types-jsonschema or (python.pkgs.callPackage ./types-jsonschema.nix { }))
     python.pkgs.types-requests
     python.pkgs.types-tqdm
   ];
@@ -32,14 +34,9 @@ python.pkgs.buildPythonApplication {
   inherit (project) pname version;
   pyproject = true;
 
-  # Only what the wheel is built from, so editing tests or nix/ does not rebuild it.
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [
-      ../pyproject.toml
-      ../README.md
-      ../src
-    ];
+    fileset = files.package;
   };
 
   build-system = [

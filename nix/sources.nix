@@ -41,7 +41,11 @@ let
         # The sdist itself; consumers unpack it and enter `subdir`.
         src = fetch pin;
         inherit (pin) subdir;
-        version = pin.version;
+        # The vendored llama.cpp's commit (read from the sdist's CHANGELOG into the pin):
+        # the sdist's own version is llama-cpp-python's, not llama.cpp's.
+        version = "0-unstable-${
+          pin.upstream.rev or (throw "pins.json: ${name}: no upstream.rev (the commit the sdist vendors)")
+        }";
       }
     else
       {

@@ -6,14 +6,21 @@ tried (that is `scripts/ci-local.sh nix-full`). What is checked, with the real N
 catches undefined variables), flake.lock is well formed, holds SRI hashes and matches
 flake.nix, the parts of nix/ that need no nixpkgs evaluate to exactly what Python reads
 from the same pins.json and pyproject.toml, and both reject a bad pin with the same words.
+With the real nixpkgs lib (nix-community/nixpkgs.lib), flake.nix and nix/ are evaluated
+against a recording stand-in for the package set: what nix/ decides and hands nixpkgs.
+The README's Nix claims, every scripts/ci-local.sh mode, and (XTASK_TEST_CUDA_BUILD=1)
+fetch-cpp's CUDA build of the pinned llama.cpp are checked too.
 `python -m bitnet_xtask.cpp.update_pins` runs against real local servers: a PEP 503 index
 over https and a GitHub-like archive server.
 """
 
 from __future__ import annotations
 
+import base64
+import ctypes.util
 import hashlib
 import http.server
+import importlib.util
 import io
 import json
 import os
@@ -21,6 +28,7 @@ import re
 import shutil
 import ssl
 import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -30,14 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Xtask
+from references import MIRRORS, cache_home, export_git_tree
 from test_nar import NIX_CONFIG
 
 from bitnet_xtask.cli import cli
 from bitnet_xtask.cpp import update_pins
+from bitnet_xtask.cpp.build import BuildRequest, build_reference
 from bitnet_xtask.cpp.nar import nar_hash
-from bitnet_xtask.cpp.pins import GithubPin, Pin, is_sri, load_pins, parse_pins
+from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin, is_sri, load_pins, parse_pins
 from bitnet_xtask.crossval.backends import prefix_variable
 from bitnet_xtask.errors import ExitCode, UsageError
+from bitnet_xtask.gpu.elf import CudaCode, read_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PINS_JSON = ROOT / "src" / "bitnet_xtask" / "cpp" / "pins.json"
@@ -301,6 +313,583 @@ def test_the_nix_apps_name_the_variables_crossval_reads(nix: NixRunner) -> None:
     # names must be the ones crossval.backends.find_build looks up.
     variables = evaluate(nix, "--expr", "(import ./nix/project.nix).prebuilt")
     assert variables == {ref: prefix_variable(ref) for ref in load_pins()}
+
+
+# --- flake.nix and nix/ evaluated with the real nixpkgs lib ---------------------------
+#
+# nixpkgs cannot be fetched here, but its lib can: nix-community/nixpkgs.lib mirrors
+# nixpkgs' lib/. The flake is evaluated with that lib and nix/recording-nixpkgs.nix in
+# place of the package set (packages are named stand-ins; builders return their
+# arguments), so what nix/ decides is evaluated for real; whether nixpkgs 25.11 accepts
+# what it is handed is `scripts/ci-local.sh nix-full`'s to check.
+
+# The lib of nixos-25.11: nix-community/nixpkgs.lib's last commit before its
+# lib/.version became 26.05 ("26.05 is Yarara", 9f46ba37).
+NIXPKGS_LIB_REV = "d7885204d4be98b3718bad1a47b80c2058d696aa"
+NIXPKGS_LIB_MIRROR = MIRRORS / "nix-community+nixpkgs.lib" / "repo"
+# What the pinned nixpkgs most likely lacks (nix/ packages it, used only then).
+NOT_IN_PINNED_NIXPKGS = frozenset({"types-jsonschema"})
+SYSTEMS = ("x86_64-linux", "aarch64-linux", "aarch64-darwin")
+
+FlakeEval = Callable[..., Any]
+
+
+def pinned_release() -> str:
+    """'25.11': the release of the branch flake.lock pins (nixos-25.11)."""
+    lock = json.loads((ROOT / "flake.lock").read_text(encoding="utf-8"))
+    return str(lock["nodes"]["nixpkgs"]["original"]["ref"]).removeprefix("nixos-")
+
+
+@pytest.fixture(scope="module")
+def nixpkgs_lib(nix: NixRunner, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A Nix expression for the real lib of the pinned nixpkgs release: the checkout that
+    XTASK_TEST_NIXPKGS_LIB names, or NIXPKGS_LIB_REV exported from a git mirror."""
+    if given := os.environ.get("XTASK_TEST_NIXPKGS_LIB"):
+        root = Path(given)
+    else:
+        found = shutil.which("git") is not None and subprocess.run(
+            ["git", f"--git-dir={NIXPKGS_LIB_MIRROR}", "cat-file", "-e",
+             f"{NIXPKGS_LIB_REV}^{{commit}}"],
+            capture_output=True, check=False,
+        ).returncode == 0  # fmt: skip
+        if not found:
+            pytest.skip(
+                "no nixpkgs lib here: set XTASK_TEST_NIXPKGS_LIB to a checkout of "
+                f"nix-community/nixpkgs.lib at {NIXPKGS_LIB_REV} (nixos-{pinned_release()}), "
+                f"or provide its git mirror at {NIXPKGS_LIB_MIRROR}"
+            )
+        root = tmp_path_factory.mktemp("nixpkgs-lib")
+        export_git_tree(NIXPKGS_LIB_MIRROR, NIXPKGS_LIB_REV, root)
+    version = (root / "lib" / ".version").read_text(encoding="utf-8").strip()
+    assert version == pinned_release(), f"{root} holds nixpkgs lib {version}, not the pinned one"
+    # Nix < 2.14 has no builtins.readFileType, which lib.fileset needs (Debian's nix-bin is
+    # 2.8): there, the readDir-based definition that older lib releases had.
+    return (
+        f"((import {root / 'lib'}).extend (final: prev: {{ filesystem = prev.filesystem // {{ "
+        "pathType = builtins.readFileType or "
+        "(path: (builtins.readDir (dirOf path)).${baseNameOf path}); }; }))"
+    )
+
+
+def nix_names(pattern: str) -> set[str]:
+    """The names nix/ selects with `pattern`: what the recording nixpkgs must hold."""
+    return {
+        name
+        for path in (ROOT / "nix").glob("*.nix")
+        if path.name != "recording-nixpkgs.nix"
+        for name in re.findall(pattern, path.read_text(encoding="utf-8"))
+    }
+
+
+def nix_list(names: set[str]) -> str:
+    return "[ " + " ".join(json.dumps(name) for name in sorted(names)) + " ]"
+
+
+@pytest.fixture(scope="module")
+def flake_eval(
+    nix: NixRunner, nixpkgs_lib: str, tmp_path_factory: pytest.TempPathFactory
+) -> FlakeEval:
+    """`flake_eval(expression)`: `expression` over `outputs` (flake.nix's, with the real
+    lib and the recording nixpkgs) as JSON data. `extra` adds attributes to the package
+    set (a Nix expression with `pkgs` in scope), `python` names to nixpkgs' Python
+    packages; with check=False the process is returned."""
+
+    def run(
+        expression: str, *, extra: str = "{ }", python: tuple[str, ...] = (), check: bool = True
+    ) -> Any:
+        directory = tmp_path_factory.mktemp("nixpkgs")
+        names = nix_names(r"(?<![\w.])pkgs\.([A-Za-z][\w-]*)")
+        pythons = nix_names(r"python\.pkgs\.([A-Za-z][\w-]*)") - NOT_IN_PINNED_NIXPKGS
+        cudas = nix_names(r"cudaPackages\.([A-Za-z][\w-]*)")
+        (directory / "input.nix").write_text(
+            f"import {ROOT / 'nix' / 'recording-nixpkgs.nix'} {{\n"
+            f"  lib = {nixpkgs_lib};\n"
+            f"  names = {nix_list(names)};\n"
+            f"  pythonNames = {nix_list(pythons | set(python))};\n"
+            f"  cudaNames = {nix_list(cudas)};\n"
+            f"  extra = system: pkgs: {extra};\n"
+            f"  outPath = {directory};\n"
+            "}\n"
+        )
+        (directory / "default.nix").write_text(
+            "{ system, ... }: (import ./input.nix).legacyPackages.${system}\n"
+        )
+        proc = nix(
+            "nix-instantiate", "--eval", "--strict", "--json", "--expr",
+            f"let outputs = (import {ROOT / 'flake.nix'}).outputs {{ self = {{ }}; "
+            f"nixpkgs = import {directory / 'input.nix'}; }}; in {expression}",
+            check=check,
+        )  # fmt: skip
+        return json.loads(proc.stdout) if check else proc
+
+    return run
+
+
+def test_the_flake_offers_only_packages_apps_shells_and_checks(flake_eval: FlakeEval) -> None:
+    # pkgs.callPackage makes any set it returns overridable: `override` and
+    # `overrideDerivation` would be an app, a shell and a check, which `nix flake check`
+    # stops at and Nix >= 2.25 rejects.
+    outputs = flake_eval(
+        "builtins.mapAttrs (_: builtins.mapAttrs (_: builtins.attrNames))"
+        " { inherit (outputs) packages apps devShells checks; }"
+    )
+    apps = sorted([*cli.commands, "default", "xtask"])
+    linux = {
+        "packages": ["bitnet-cpp", "default", "llama-cpp", "xtask"],
+        "devShells": ["default", "min-python"],
+        "checks": ["lint", "receipts", "tests"],
+    }
+    assert outputs == {
+        "packages": {
+            "x86_64-linux": ["bitnet-cpp", "default", "llama-cpp", "llama-cpp-cuda", "xtask"],
+            "aarch64-linux": linux["packages"],
+            "aarch64-darwin": ["default", "xtask"],
+        },
+        "apps": dict.fromkeys(SYSTEMS, apps),
+        "devShells": {
+            "x86_64-linux": ["cuda", "default", "min-python"],
+            "aarch64-linux": linux["devShells"],
+            "aarch64-darwin": linux["devShells"],
+        },
+        "checks": {
+            "x86_64-linux": linux["checks"],
+            "aarch64-linux": linux["checks"],
+            "aarch64-darwin": ["lint"],
+        },
+    }
+    formatter = flake_eval("builtins.mapAttrs (_: formatter: formatter.name) outputs.formatter")
+    # treefmt with nixfmt: plain nixfmt waits on stdin under `nix fmt` since Nix 2.25.
+    assert formatter == dict.fromkeys(SYSTEMS, "nixfmt-tree")
+    assert re.search(r"^run nix fmt -- --ci$", (ROOT / "checks" / "nix-full.sh").read_text(), re.M)
+
+
+@pytest.mark.parametrize(
+    ("interpreter", "refused"),
+    [(None, True), ('throw "it has been removed"', True), ("pkgs.python313", False)],
+    ids=["absent", "an-alias-that-throws", "present"],
+)
+def test_min_python_says_when_nixpkgs_no_longer_has_the_interpreter(
+    nix: NixRunner, flake_eval: FlakeEval, interpreter: str | None, refused: bool
+) -> None:
+    name = evaluate(nix, "--expr", "(import ./nix/project.nix).minPython")
+    extra = "{ }" if interpreter is None else f"{{ {name} = {interpreter}; }}"
+    proc = flake_eval("outputs.devShells.x86_64-linux.min-python.name", extra=extra, check=False)
+    message = f"names {name}, which this nixpkgs no longer has"
+    if refused:
+        assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    else:
+        assert json.loads(proc.stdout) == "shell", proc.stderr
+
+
+@pytest.mark.parametrize("in_nixpkgs", [False, True], ids=["packaged-here", "from-nixpkgs"])
+def test_mypy_gets_the_jsonschema_stubs_from_nixpkgs_or_from_nix_dir(
+    flake_eval: FlakeEval, in_nixpkgs: bool
+) -> None:
+    packages = flake_eval(
+        "map (p: { inherit (p) name; builtWith = p.builtWith or null; })"
+        " (builtins.head outputs.checks.x86_64-linux.lint.report.nativeBuildInputs).packages",
+        python=("types-jsonschema",) if in_nixpkgs else (),
+    )
+    stubs = [p for p in packages if p["name"].startswith("types-jsonschema")]
+    if in_nixpkgs:
+        assert stubs == [{"name": "types-jsonschema", "builtWith": None}]
+    else:
+        pin = types_jsonschema_pin()
+        assert stubs == [
+            {"name": f"types-jsonschema-{pin['version']}", "builtWith": "buildPythonPackage"}
+        ]
+
+
+def types_jsonschema_pin() -> dict[str, str]:
+    """What nix/types-jsonschema.nix asks fetchPypi for (builders that return their
+    arguments: the file needs nothing else)."""
+    expression = (
+        f"let p = import {ROOT / 'nix' / 'types-jsonschema.nix'} {{ buildPythonPackage = a: a;"
+        " fetchPypi = a: a; setuptools = null; referencing = null; };"
+        " in { inherit (p) version; inherit (p.src) pname hash; }"
+    )
+    proc = subprocess.run(
+        ["nix-instantiate", "--eval", "--strict", "--json", "--expr", expression],
+        capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, "NIX_CONFIG": NIX_CONFIG},
+    )  # fmt: skip
+    pin: dict[str, str] = json.loads(proc.stdout)
+    return pin
+
+
+def test_the_types_jsonschema_pin_is_pypis_sdist(nix: NixRunner, tmp_path: Path) -> None:
+    pin = types_jsonschema_pin()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+         "--retries", "1", "--timeout", "20", "-q", "-d", str(tmp_path),
+         f"types-jsonschema=={pin['version']}"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        if "(from versions: none)" in proc.stderr:
+            pytest.skip(f"PyPI is not reachable from here: {proc.stderr.strip().splitlines()[-1]}")
+        pytest.fail(f"PyPI has no sdist types-jsonschema=={pin['version']}:\n{proc.stderr}")
+    (sdist,) = tmp_path.iterdir()
+    assert sdist.name == f"{pin['pname']}-{pin['version']}.tar.gz"  # fetchPypi's file name
+    digest = hashlib.sha256(sdist.read_bytes()).digest()
+    assert pin["hash"] == "sha256-" + base64.b64encode(digest).decode()
+
+
+def test_the_checks_read_every_file_git_tracks_but_ci(nix: NixRunner, nixpkgs_lib: str) -> None:
+    # tests/test_nix.py reads flake.nix, flake.lock and nix/ in every run, the sandbox too.
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no list of tracked files to compare with")
+    listed = evaluate(
+        nix, "--expr",
+        f"let lib = {nixpkgs_lib}; files = import ./nix/files.nix {{ inherit lib; }}; in"
+        " builtins.mapAttrs (_: set: map toString (lib.fileset.toList set)) files",
+    )  # fmt: skip
+    checks = {Path(path).relative_to(ROOT).as_posix() for path in listed["checks"]}
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    left_out = {
+        name
+        for name in tracked
+        if (ROOT / name).is_file() and not name.startswith(".ci/") and name != ".gitignore"
+    } - checks
+    assert not left_out, f"the checks' source (nix/files.nix) leaves out {sorted(left_out)}"
+    assert set(listed["package"]) <= set(listed["checks"])
+    assert not [p for p in listed["package"] if "/tests/" in p], "tests would rebuild the wheel"
+
+
+@pytest.fixture(scope="module")
+def tests_check(flake_eval: FlakeEval) -> dict[str, Any]:
+    """checks.x86_64-linux.tests: the check's script and its report's arguments."""
+    facts: dict[str, Any] = flake_eval(
+        "let check = outputs.checks.x86_64-linux.tests; report = check.report; in {"
+        " inherit (check) script; report = {"
+        " inherit (report) postPatch preBuild buildPhase installPhase env; path = report.outPath;"
+        " nativeBuildInputs = map (p: p.name) report.nativeBuildInputs; }; }"
+    )
+    return facts
+
+
+def test_the_tests_check_patches_every_env_shebang(tests_check: dict[str, Any]) -> None:
+    # The sandbox has no /usr/bin/env.
+    post_patch = tests_check["report"]["postPatch"]
+    patched = [
+        Path(directory)
+        for line in re.findall(r"patchShebangs --build ([^\n]+)", post_patch)
+        for directory in line.split()
+    ]
+    scripts = []
+    for path in (ROOT / "tests").rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                if handle.read(15) == b"#!/usr/bin/env ":
+                    scripts.append(path.relative_to(ROOT))
+    assert scripts, "the GPU stand-ins are such scripts"
+    assert not [s for s in scripts if not any(s.is_relative_to(d) for d in patched)]
+
+
+# Every command the suite runs: the nixpkgs package the `tests` check puts on PATH, or
+# why the sandbox has none (the tests that need it skip there, saying so).
+SANDBOX_TOOLS = {
+    "git": "git",
+    "nginx": "nginx",
+    "openssl": "openssl",
+    "pgrep": "procps",
+    "tinyproxy": "tinyproxy",
+}
+STDENV_TOOLS = frozenset({"bash", "gcc", "sleep"})
+NOT_IN_SANDBOX = {
+    "nvcc": "CUDA is unfree, and there is no GPU",
+    "mount": "a real full disk needs a tmpfs mount: root only",
+    "umount": "a real full disk needs a tmpfs mount: root only",
+    "unshare": "a private mount namespace (a files-only resolver): root only",
+    "capsh": "dropping root's capabilities: used only when the suite runs as root",
+    "nix": "Nix in Nix",
+    "nix-instantiate": "Nix in Nix",
+    "nix-store": "Nix in Nix",
+    "nixfmt": "its test needs Nix in Nix",
+}
+
+
+def commands_the_suite_runs() -> set[str]:
+    calls = re.compile(
+        r'subprocess\.(?:run|Popen|check_call|check_output)\(\s*\[\s*"([\w.+-]+)"'
+        r'|shutil\.which\("([\w.+-]+)"\)'
+    )
+    return {
+        found
+        for path in (ROOT / "tests").rglob("*.py")
+        for match in calls.finditer(path.read_text(encoding="utf-8"))
+        for found in match.groups()
+        if found
+    }
+
+
+def test_the_tests_check_has_every_tool_the_suite_runs(tests_check: dict[str, Any]) -> None:
+    used = commands_the_suite_runs()
+    unknown = used - SANDBOX_TOOLS.keys() - STDENV_TOOLS - NOT_IN_SANDBOX.keys()
+    assert not unknown, f"say where {sorted(unknown)} come from in the sandbox (nix/checks.nix)"
+    wanted = {SANDBOX_TOOLS[command] for command in used & SANDBOX_TOOLS.keys()}
+    assert wanted <= set(tests_check["report"]["nativeBuildInputs"])
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_a_check_keeps_its_log_when_it_fails(
+    tests_check: dict[str, Any], tmp_path: Path, status: int
+) -> None:
+    """The report's phases and the check's script, run by bash as stdenv runs them."""
+    build, report, result = tmp_path / "build", tmp_path / "report", tmp_path / "result"
+    (build / "checks").mkdir(parents=True)
+    (build / "checks" / "tests.sh").write_text(f"echo 'the suite ran'\nexit {status}\n")
+    prelude = "set -eu -o pipefail\nrunHook() { :; }\n"
+    phases = tests_check["report"]["buildPhase"] + tests_check["report"]["installPhase"]
+    env = {**os.environ, "TMPDIR": str(tmp_path), "out": str(report)}
+    subprocess.run(["bash", "-c", prelude + phases], cwd=build, env=env, check=True, timeout=60)
+    assert (report / "tests.log").read_text() == "the suite ran\n"
+    assert (report / "status").read_text() == f"{status}\n"
+    script = tests_check["script"].replace(tests_check["report"]["path"], str(report))
+    checked = subprocess.run(
+        ["bash", "-c", prelude + script], env={**env, "out": str(result)},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert checked.returncode == status
+    if status:
+        assert "the suite ran" in checked.stderr and str(report) in checked.stderr
+        assert not result.exists()
+    else:
+        assert result.resolve() == report.resolve()
+
+
+def test_the_tests_check_builds_bitnet_cpp_from_a_writable_copy(
+    tests_check: dict[str, Any], tmp_path: Path
+) -> None:
+    pre_build = tests_check["report"]["preBuild"]
+    (store_path,) = set(re.findall(r"/stub/[\w.-]+", pre_build))
+    source = tmp_path / "source"
+    (source / "3rdparty" / "llama.cpp").mkdir(parents=True)
+    (source / "CMakeLists.txt").write_text("project(bitnet)\n")
+    for path in [source, *source.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)  # as in the store
+    (tmp_path / "tmp").mkdir()
+    try:
+        shown = subprocess.run(
+            ["bash", "-c", "set -eu\n" + pre_build.replace(store_path, str(source))
+             + 'printf %s "$XTASK_TEST_BITNET_SOURCE"'],
+            env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout  # fmt: skip
+    finally:
+        for path in [source, *source.rglob("*")]:
+            path.chmod(0o755)
+    copy = Path(shown)
+    assert (copy / "CMakeLists.txt").read_text() == "project(bitnet)\n"
+    assert all(path.stat().st_mode & 0o200 for path in [copy, *copy.rglob("*")])
+    # The variables are the ones the suite reads.
+    references_py = (ROOT / "tests" / "references.py").read_text(encoding="utf-8")
+    assert 'os.environ.get("XTASK_TEST_BITNET_SOURCE")' in references_py
+    assert 'os.environ.get("XTASK_TEST_LLAMA_SDIST")' in references_py
+    assert "XTASK_TEST_LLAMA_SDIST" in tests_check["report"]["env"]
+
+
+def test_the_tests_check_has_the_vulkan_loader_and_lavapipe(flake_eval: FlakeEval) -> None:
+    env = flake_eval(
+        "builtins.mapAttrs (_: checks: checks.tests.report.env)"
+        " { inherit (outputs.checks) x86_64-linux aarch64-linux; }"
+    )
+    for system, manifest in (("x86_64-linux", "x86_64"), ("aarch64-linux", "aarch64")):
+        # Mesa's name for lavapipe's manifest, as Debian's mesa-vulkan-drivers installs it.
+        assert env[system]["VK_DRIVER_FILES"] == (
+            f"/stub/mesa/share/vulkan/icd.d/lvp_icd.{manifest}.json"
+        )
+        assert env[system]["LD_LIBRARY_PATH"] == "/stub/vulkan-loader/lib"
+
+
+def test_llama_cpp_cuda_and_the_cuda_shell_share_the_split_cuda_packages(
+    flake_eval: FlakeEval,
+) -> None:
+    facts = flake_eval(
+        "let package = outputs.packages.x86_64-linux.llama-cpp-cuda;"
+        " shell = outputs.devShells.x86_64-linux.cuda; names = map (p: p.name); in {"
+        " package = { inherit (package) builtWith buildPhase;"
+        "  nativeBuildInputs = names package.nativeBuildInputs;"
+        "  buildInputs = names package.buildInputs; configures = !(package ? dontConfigure); };"
+        " shell = { inherit (shell) builtWith; packages = names shell.packages;"
+        "  buildInputs = names shell.buildInputs; }; }"
+    )
+    package, shell = facts["package"], facts["shell"]
+    # Not the merged cudatoolkit (no libcudart_static.a); nvcc's host compiler's stdenv.
+    assert package["builtWith"] == shell["builtWith"] == "cudaPackages.backendStdenv"
+    assert package["nativeBuildInputs"][1:] == ["cuda_nvcc", "autoAddDriverRunpath"]
+    assert shell["packages"] == ["cuda_nvcc"]
+    linked = ["cuda_cudart", "cuda_cccl", "libcublas"]
+    assert package["buildInputs"] == shell["buildInputs"] == linked
+    assert package["configures"], "the CUDA packages' setup hooks run in configurePhase"
+    # cudaCapabilities 8.9 and 9.0, in fetch-cpp's spelling.
+    assert "--backend cuda --cuda-arch 89 --cuda-arch 90 " in package["buildPhase"]
+
+
+def test_the_reference_packages_say_what_they_build(flake_eval: FlakeEval) -> None:
+    facts = flake_eval(
+        "builtins.mapAttrs (_: p: { inherit (p) version builtWith; })"
+        " { inherit (outputs.packages.x86_64-linux) llama-cpp bitnet-cpp; }"
+    )
+    llama, bitnet = load_pins()["llama.cpp"], load_pins()["bitnet.cpp"]
+    assert isinstance(llama, SdistPin) and isinstance(bitnet, GithubPin)
+    # llama.cpp's commit, not the version of the llama-cpp-python sdist that vendors it.
+    assert facts["llama-cpp"] == {
+        "version": f"0-unstable-{llama.upstream['rev']}",
+        "builtWith": "stdenv",
+    }
+    assert facts["bitnet-cpp"] == {
+        "version": f"0-unstable-{bitnet.rev[:12]}",
+        "builtWith": "clangStdenv",  # its CMakeLists accepts only Clang
+    }
+
+
+def test_native_builds_in_the_dev_shell_are_native(flake_eval: FlakeEval) -> None:
+    hook = flake_eval("outputs.devShells.x86_64-linux.default.shellHook")
+    # stdenv's compiler wrappers drop -march=native unless this is 0.
+    assert re.search(r"^export NIX_ENFORCE_NO_NATIVE=0$", hook, re.M)
+
+
+# --- what the README tells users ------------------------------------------------------
+
+
+def readme_nix_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    return text.split("\n## Nix\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readme_runs_each_app_with_options_the_command_has() -> None:
+    runs = re.findall(r"nix run \.#([\w-]+) -- ([^\n#]*)", readme_nix_section())
+    assert runs
+    for app, args in runs:
+        command = cli if app == "xtask" else cli.commands[app]
+        options = {"--help"} | {
+            option for param in command.params for option in (*param.opts, *param.secondary_opts)
+        }
+        used = set(re.findall(r"(?<!\S)(--[\w-]+)", args))
+        assert used <= options, f"`xtask {app}` has no {sorted(used - options)}"
+
+
+def test_the_docs_say_which_nix_checks_apps() -> None:
+    # Nix checks `apps` (type and program) in `nix flake check` from 2.25 on.
+    for path in (ROOT / "README.md", ROOT / "nix" / "README.md", ROOT / "checks" / "nix-full.sh"):
+        text = path.read_text(encoding="utf-8")
+        claims = re.findall(r"Nix before (2\.\d+)\s+does\s+not\s+check\s+apps", text)
+        assert claims and set(claims) == {"2.25"}, (path, claims)
+
+
+def test_the_readme_says_which_cmake_each_way_in_uses() -> None:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    (cmake,) = [d for d in project["dependencies"] if d.startswith("cmake")]
+    section = readme_nix_section()
+    assert f"`{cmake}`" in section and "CMake 4" in section
+    assert "NIX_ENFORCE_NO_NATIVE" in section
+
+
+# --- scripts/ci-local.sh --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "scripts"),
+    [
+        ("deps", ["deps"]),
+        ("lint", ["deps", "lint"]),
+        ("tests", ["deps", "tests"]),
+        ("nix", ["deps", "nix"]),
+        ("receipts", ["deps", "receipts"]),
+        ("nix-full", ["nix-full"]),  # Nix and python3's json module only
+        ("all", ["deps", "lint", "tests", "nix"]),
+    ],
+)
+def test_every_ci_mode_installs_what_it_needs_first(
+    tmp_path: Path, mode: str, scripts: list[str]
+) -> None:
+    """On a fresh checkout each mode alone works: the ones that run this package's Python
+    install it (checks/deps.sh) first. A `bash` on PATH records what the mode runs."""
+    real_bash = shutil.which("bash")
+    assert real_bash is not None
+    (tmp_path / "bin").mkdir()
+    recorder = tmp_path / "bin" / "bash"
+    recorder.write_text(f'#!/bin/sh\necho "$1" >>{tmp_path / "ran"}\n')
+    recorder.chmod(0o755)
+    subprocess.run(
+        [real_bash, str(ROOT / "scripts" / "ci-local.sh"), mode],
+        env={**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"},
+        check=True, timeout=60,
+    )  # fmt: skip
+    ran = (tmp_path / "ran").read_text().split()
+    assert ran == [f"checks/{script}.sh" for script in scripts]
+
+
+# --- the CUDA flags of packages.llama-cpp-cuda, compiled ------------------------------
+
+
+def cublas_location() -> tuple[str, ...]:
+    """CMake arguments for a cuBLAS that FindCUDAToolkit cannot find itself: PyPI's
+    nvidia-cublas wheel has no unversioned libcublas.so and its own include directory.
+    None when the toolkit has cuBLAS (as nixpkgs' libcublas or a full CUDA install do)."""
+    nvcc = shutil.which("nvcc")
+    assert nvcc is not None
+    toolkit = Path(os.path.realpath(nvcc)).parent.parent
+    if list(toolkit.glob("lib*/libcublas.so")) + list(toolkit.glob("targets/*/lib/libcublas.so")):
+        return ()
+    spec = importlib.util.find_spec("nvidia")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    wheels = [
+        directory
+        for location in locations
+        for directory in Path(location).glob("cu*")
+        if list(directory.glob("lib/libcublas.so.*"))
+    ]
+    if not wheels:
+        pytest.skip(f"no cuBLAS in the CUDA toolkit at {toolkit} nor from PyPI's nvidia-cublas")
+    lib = wheels[0] / "lib"
+    (cublas,) = lib.glob("libcublas.so.*")
+    (cublas_lt,) = lib.glob("libcublasLt.so.*")
+    return (
+        f"-DCUDA_cublas_LIBRARY={cublas}",
+        f"-DCUDA_cublasLt_LIBRARY={cublas_lt}",
+        f"-DCMAKE_CUDA_FLAGS=-I{wheels[0] / 'include'}",
+    )
+
+
+@pytest.mark.timeout(3600)
+def test_fetch_cpp_compiles_the_pinned_llama_cpp_for_cuda(
+    request: pytest.FixtureRequest, xtask: Xtask, tmp_path: Path
+) -> None:
+    """What packages.llama-cpp-cuda runs (`fetch-cpp --backend cuda --cuda-arch <sm>`), on
+    the pinned llama.cpp, for one architecture: compiling needs nvcc and cuBLAS, no GPU."""
+    if os.environ.get("XTASK_TEST_CUDA_BUILD") != "1":
+        pytest.skip(
+            "XTASK_TEST_CUDA_BUILD=1 compiles the pinned llama.cpp's CUDA backend "
+            "(285 build steps; ggml-cuda alone took 941 s on 2 idle cores)"
+        )
+    if shutil.which("nvcc") is None:
+        pytest.skip("nvcc is not installed")
+    extra = cublas_location()
+    if ctypes.util.find_library("cuda") is None:
+        # ggml's VMM pool links the driver's libcuda, which a toolkit without a driver lacks.
+        extra += ("-DGGML_CUDA_NO_VMM=ON",)
+    pin: SdistPin = request.getfixturevalue("local_pin")
+    with cache_home(tmp_path):
+        result = build_reference(
+            BuildRequest(backend="cuda", cuda_archs=("90",), extra_cmake=extra),
+            pins={"llama.cpp": pin},
+        )
+    flags = result.receipt["inputs"]["cmake_flags"]
+    assert "-DGGML_CUDA=ON" in flags and "-DCMAKE_CUDA_ARCHITECTURES=90" in flags
+    library = result.bin_dir / "libggml-cuda.so"
+    assert read_binary(library).cuda == CudaCode(cubin_sms=(90,), ptx_sms=(90,))
+    run = xtask.run(
+        "preflight", "--binary", str(library), "--format", "json",
+        env=xtask.env(BITNET_GPU_FAKE="none"),
+    )  # fmt: skip
+    (binary,) = json.loads(run.stdout)["compiled"]["binaries"]
+    assert binary["cuda"] == {"cubin_sms": [90], "ptx_sms": [90]}
 
 
 # --- python -m bitnet_xtask.cpp.update_pins ------------------------------------------

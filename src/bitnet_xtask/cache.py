@@ -20,6 +20,15 @@ what `--yes` would do. The rule, in order:
 Paths are judged where they really are (symbolic links in their parents resolved), and
 the folder is checked again just before removal: one that changed since it was listed
 (another inode) is not removed.
+
+Nothing is removed under a writer's feet: a folder holding a lock file (`*.lock`, the
+`store.FileLock` of download-model's `<file>.lock` and fetch-cpp's `.lock`) whose flock a
+live process holds is refused as "in use", naming the holder. The listing and `--dry-run`
+only ask (a shared flock tried and dropped: nothing is written or created); the removal
+takes every such lock itself, now or never, and holds it until the folder is gone (and a
+fetch-cpp build's `.lock` even when there was none), so a download or build that starts
+meanwhile waits instead of writing into a folder being removed. The lock files go last,
+so they guard the folder until the end.
 """
 
 from __future__ import annotations
@@ -31,11 +40,15 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bitnet_xtask.errors import UsageError, XtaskError
+from bitnet_xtask.errors import LockedError, UsageError, XtaskError
+
+if TYPE_CHECKING:
+    from bitnet_xtask.download.store import FileLock
 
 #: The Cache Directory Tagging Specification's file name and first line.
 CACHEDIR_TAG = "CACHEDIR.TAG"
@@ -48,6 +61,10 @@ _TAG_TEXT = (
     "#\thttps://bford.info/cachedir/\n"
 )
 _TAG_LIMIT = 4096
+
+#: How a refusal for a lock that a live process holds begins (its hint: wait, not move).
+IN_USE = "it is in use"
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 #: Trees the operating system owns: nothing at or inside them is ever a cache of ours.
 SYSTEM_TREES = tuple(
@@ -281,6 +298,21 @@ def _provenance(location: Path, is_link: bool) -> bool:
 def refusal(path: Path) -> str | None:
     """The one rule of clean-cache (see the module docstring): why `path` must not be
     removed, or None when it may be."""
+    reason = _place_refusal(path)
+    if reason is None and not path.is_symlink():
+        reason = in_use(path)
+    return reason
+
+
+def refusal_hint(reason: str) -> str:
+    """What to do about a refusal."""
+    if reason.startswith(IN_USE):
+        return "nothing was removed; wait for that process to finish (or stop it), then run again"
+    return "nothing was removed; point --models/--fixtures at a cache folder xtask made"
+
+
+def _place_refusal(path: Path) -> str | None:
+    """`refusal()` for what `path` is and where it is (everything but its locks)."""
     try:
         info = path.lstat()
     except FileNotFoundError:
@@ -304,6 +336,124 @@ def refusal(path: Path) -> str | None:
             "./crossval/fixtures, $XDG_CACHE_HOME/bitnet_cpp) nor one it created and tagged"
         )
     return None
+
+
+def lock_files(folder: Path) -> list[Path]:
+    """Every regular file named `*.lock` under `folder`, links never followed: the
+    `<file>.lock` of download-model and the `.lock` of fetch-cpp (both `store.FileLock`)."""
+    found: list[Path] = []
+    stack = [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.name.endswith(".lock") and entry.is_file(follow_symlinks=False):
+                    found.append(Path(entry.path))
+    return sorted(found)
+
+
+def in_use(folder: Path) -> str | None:
+    """Why `folder` is busy: the first lock file in it whose flock a live process holds
+    (the kernel drops a flock when its holder dies, so a lock file left by a killed
+    process does not count), or None. Only asks: takes nothing, writes nothing."""
+    from bitnet_xtask.download.store import FileLock
+
+    for path in lock_files(folder):
+        try:
+            holder = FileLock(path, timeout=0).holder()
+        except XtaskError as exc:
+            return f"its lock file {path} cannot be checked ({exc.message})"
+        if holder is not None:
+            return f"{IN_USE}: {path} is held by {holder}"
+    return None
+
+
+def _is_build(folder: Path) -> bool:
+    """A fetch-cpp build folder, `<cache>/bitnet_cpp/<ref>-<rev>-<backend>/`."""
+    return folder.resolve().parent == cpp_cache_root().resolve()
+
+
+def _take_locks(folder: Path) -> list[tuple[FileLock, bool]]:
+    """Take every lock in `folder`, now or never, plus a fetch-cpp build's `.lock` (created
+    if absent): the locks and whether we created each. A live holder is a refusal (exit 2,
+    nothing removed, the locks taken so far let go untouched)."""
+    from bitnet_xtask.download.store import FileLock
+
+    taken: list[tuple[FileLock, bool]] = []
+    found = lock_files(folder)
+    wanted = [(path, False) for path in found]
+    top = folder / ".lock"
+    if _is_build(folder) and top not in found:
+        wanted.insert(0, (top, True))
+    try:
+        for path, create in wanted:
+            lock = FileLock(path, timeout=0)
+            if lock.try_take(create=create):
+                taken.append((lock, create))
+    except XtaskError as exc:
+        _let_go(taken)
+        reason = (
+            f"{IN_USE}: {exc.message}"
+            if isinstance(exc, LockedError)
+            else f"a lock file in it cannot be taken ({exc.message})"
+        )
+        raise UsageError(f"refusing to delete {folder}: {reason}", refusal_hint(reason)) from None
+    except BaseException:  # Ctrl-C: no lock file of ours left behind
+        _let_go(taken)
+        raise
+    return taken
+
+
+def _let_go(taken: list[tuple[FileLock, bool]]) -> None:
+    """Release the locks; unlink only those we created (and only if still ours)."""
+    for lock, created in reversed(taken):
+        lock.release(unlink=created)
+
+
+def _clear_except(folder: Path, keep: set[tuple[int, int]]) -> None:
+    """Remove what is under `folder` except the files in `keep` (by device and inode) and
+    the folders that hold them, so that the locks go last. Best effort: what is left, and
+    why, is for the rmtree that follows; every step goes through a descriptor and never
+    follows a link, as rmtree's do."""
+    try:
+        fd = os.open(folder, _DIRECTORY)
+    except OSError:
+        return
+    try:
+        _clear_fd(fd, keep)
+    except RecursionError:  # a very deep tree: rmtree does the rest
+        pass
+    finally:
+        os.close(fd)
+
+
+def _clear_fd(fd: int, keep: set[tuple[int, int]]) -> None:
+    try:
+        with os.scandir(fd) as scan:
+            entries = list(scan)
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if (info.st_dev, info.st_ino) in keep:
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                os.unlink(entry.name, dir_fd=fd)
+                continue
+            child = os.open(entry.name, _DIRECTORY, dir_fd=fd)
+            try:
+                found = os.fstat(child)
+                if (found.st_dev, found.st_ino) == (info.st_dev, info.st_ino):
+                    _clear_fd(child, keep)
+            finally:
+                os.close(child)
+            os.rmdir(entry.name, dir_fd=fd)  # fails while it holds a kept lock: later
 
 
 def _identity(path: Path) -> tuple[int, int]:
@@ -356,14 +506,13 @@ def check_selection(selected: Iterable[CacheEntry], known: list[CacheEntry]) -> 
             raise UsageError(f"{entry.path} is not one of the listed caches")
         if entry.refused is not None:
             raise UsageError(
-                f"refusing to delete {entry.path}: {entry.refused}",
-                "nothing was removed; point --models/--fixtures at a cache folder xtask made",
+                f"refusing to delete {entry.path}: {entry.refused}", refusal_hint(entry.refused)
             )
     return chosen
 
 
 def _remove(entry: CacheEntry) -> None:
-    reason = refusal(entry.path)
+    reason = _place_refusal(entry.path)
     if reason is None and _identity(entry.path) != entry.identity:
         reason = "it changed since it was listed"
     if reason is not None:
@@ -380,17 +529,30 @@ def _remove(entry: CacheEntry) -> None:
             return
         except OSError as exc:
             failures.append(f"{entry.path}: {exc.strerror}")
-    # rmtree never follows links (fd-based, safe against a swap under our feet, on Linux).
-    elif sys.version_info >= (3, 12):
-        shutil.rmtree(entry.path, onexc=lambda _f, path, exc: note(path, exc))
     else:
-        shutil.rmtree(entry.path, onerror=lambda _f, path, info: note(path, info[1]))
+        taken = _take_locks(entry.path)  # held until the folder is gone
+        try:
+            if _identity(entry.path) != entry.identity:  # again, now that no writer can start
+                raise UsageError(f"refusing to delete {entry.path}: it changed since it was listed")
+            if taken:
+                _clear_except(entry.path, {_identity(lock.path) for lock, _ in taken})
+            _rmtree(entry.path, note)
+        finally:
+            _let_go(taken)
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise RemoveError(
             f"could not remove all of {entry.path}: {failures[0]}{more}",
             "check the permissions (or a read-only mount) and run clean-cache again",
         )
+
+
+def _rmtree(path: Path, note: Callable[[str, BaseException], None]) -> None:
+    # rmtree never follows links (fd-based, safe against a swap under our feet, on Linux).
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=lambda _f, where, exc: note(where, exc))
+    else:
+        shutil.rmtree(path, onerror=lambda _f, where, info: note(where, info[1]))
 
 
 def remove_entries(selected: Iterable[CacheEntry], known: list[CacheEntry]) -> list[CacheEntry]:

@@ -143,6 +143,11 @@ class Faults:
     #: answer) replaced or added verbatim, e.g. a ``Content-Range`` with a 5,000-digit total.
     #: ``Content-Length`` is never touched, so the framing of the connection stays truthful.
     body_headers: dict[str, str] = field(default_factory=dict)
+    #: The reason phrase of every injected status (``status_sequence``,
+    #: ``cdn_status_sequence``) instead of the standard one, sent verbatim: a hostile server's
+    #: ``HTTP/1.1 500 <escape codes, 50 KB of text>``.  It must be Latin-1 and hold no CR/LF
+    #: (``http.server`` encodes the status line as Latin-1; a line break would end it).
+    reason: str | None = None
 
 
 @dataclass
@@ -413,12 +418,14 @@ class _Handler(BaseHTTPRequestHandler):
         *,
         content_type: str | None = None,
         content_length: int | None = None,
+        reason: str | None = None,
     ) -> None:
         """Send a complete response; always framed so keep-alive stays correct.
 
-        ``content_length`` overrides the advertised length for HEAD (which sends no body).
+        ``content_length`` overrides the advertised length for HEAD (which sends no body);
+        ``reason`` replaces the standard reason phrase.
         """
-        self.send_response(status)
+        self.send_response(status, reason)
         for name, value in headers:
             self.send_header(name, value)
         no_body = status in (204, 304) or 100 <= status < 200
@@ -439,6 +446,18 @@ class _Handler(BaseHTTPRequestHandler):
             headers += [("X-Error-Code", code), ("X-Error-Message", message)]
         body = json.dumps({"error": message}).encode()
         self._send_simple(status, headers, body, content_type="application/json; charset=utf-8")
+
+    def _send_injected(self, key: _Key, status: int, extra: dict[str, str]) -> None:
+        """An injected status (``status_sequence``, ``cdn_status_sequence``), with the file's
+        ``reason`` fault if it has one."""
+        body = json.dumps({"error": f"injected status {status}"}).encode()
+        self._send_simple(
+            status,
+            list(extra.items()),
+            body,
+            content_type="application/json; charset=utf-8",
+            reason=self._hf.faults_snapshot(key).reason,
+        )
 
     # -- hub ----------------------------------------------------------------------------------
 
@@ -475,11 +494,7 @@ class _Handler(BaseHTTPRequestHandler):
         key = (repo, file_path)
         injected = hf.next_injected_status(key)
         if injected is not None:
-            status, extra = injected
-            body = json.dumps({"error": f"injected status {status}"}).encode()
-            self._send_simple(
-                status, list(extra.items()), body, content_type="application/json; charset=utf-8"
-            )
+            self._send_injected(key, *injected)
             return
 
         faults = hf.faults_snapshot(key)
@@ -538,11 +553,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if injected is not None:
             fh.close()
-            status, extra = injected
-            body = json.dumps({"error": f"injected status {status}"}).encode()
-            self._send_simple(
-                status, list(extra.items()), body, content_type="application/json; charset=utf-8"
-            )
+            self._send_injected(version.owner, *injected)
             return
         weak = self._hf.faults_snapshot(version.owner).weak_etag
         etag = f'{"W/" if weak else ""}"{version.sha256[:32]}"'

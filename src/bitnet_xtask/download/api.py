@@ -58,10 +58,11 @@ from .store import (
     hash_file,
     leaf_name,
     link_or_copy,
+    metadata_ok,
     model_dir,
     publish,
     raise_if_no_space,
-    read_text,
+    read_metadata,
     remove,
 )
 from .transfer import (
@@ -230,8 +231,10 @@ def _job(spec: FileSpec, options: DownloadOptions, client: HubClient, reporter: 
 
 
 def _write_cache_metadata(target: Target, etag: str | None, last_modified: str | None) -> None:
+    """Only what a later run will read back and may send as a header (`metadata_ok`): a
+    server's 60 KiB or multi-line ETag is not kept (the next run then hashes the file)."""
     for path, value in ((target.etag, etag), (target.lastmod, last_modified)):
-        if value:
+        if value and metadata_ok(value):
             atomic_write_text(path, value + "\n")
         else:
             remove(path)
@@ -313,7 +316,11 @@ class _Revalidation:
 def _revalidate(job: _Job) -> _Revalidation:
     """Is the finished file current? Else the probe to reuse and conditional headers."""
     target, expected = job.target, job.spec.sha256
-    stored_etag, stored_lastmod = read_text(target.etag), read_text(target.lastmod)
+    note = job.reporter.debug
+    stored_etag, stored_lastmod = (
+        read_metadata(target.etag, note),
+        read_metadata(target.lastmod, note),
+    )
     try:
         remote = job.probe()
     except NetworkError as exc:
@@ -404,7 +411,7 @@ def _fresh_state(job: _Job, remote: RemoteFile, connections: int) -> ResumeState
 
 def _resumable(job: _Job, remote: RemoteFile) -> ResumeState | None:
     """The saved state, if `.part` provably holds bytes of the version now served."""
-    state = ResumeState.load(job.target.state)
+    state = ResumeState.load(job.target.state, note=job.reporter.debug)
     if state is None or not job.target.part.is_file() or not state.resumable:
         return None
     same_version = (
@@ -499,8 +506,8 @@ def _fetch(job: _Job, remote: RemoteFile, conditional: dict[str, str]) -> Downlo
             remove(target.part, target.state)
             _write_cache_metadata(
                 target,
-                remote.linked_etag or exc.etag or read_text(target.etag),
-                exc.last_modified or read_text(target.lastmod),
+                remote.linked_etag or exc.etag or read_metadata(target.etag),
+                exc.last_modified or read_metadata(target.lastmod),
             )
             return _confirm_existing(job, remote.commit, None)
         except RestartFromZero as exc:
@@ -575,7 +582,9 @@ def _download_one(job: _Job) -> DownloadResult:
 
 def _download_locked(job: _Job) -> DownloadResult:
     target, options = job.target, job.options
-    lock = FileLock(target.lock, options.lock_timeout, on_wait=job.reporter.info)
+    lock = FileLock(
+        target.lock, options.lock_timeout, on_wait=job.reporter.info, on_note=job.reporter.debug
+    )
     with lock.held():
         if lock.took_over:
             job.reporter.debug(f"took over the lock left by {lock.took_over}")
@@ -658,7 +667,7 @@ def download_url(
     fetch-cpp uses it for source tarballs; `options` are `DownloadOptions` fields.
     """
     if problem := url_problem(url):  # urlsplit below raises on `http://[::1`
-        raise UsageError(f"invalid URL {redact(url)!r}: {problem}")
+        raise UsageError(f"invalid URL '{redact(url)}': {problem}")
     parts = urlsplit(url)
     opts = DownloadOptions(
         base_url=f"{parts.scheme}://{parts.netloc}",
@@ -692,7 +701,7 @@ def plan_download(
         finally:
             job.session.close()
         state = None if options.force else _resumable(job, remote)
-        stored = read_text(job.target.etag)
+        stored = read_metadata(job.target.etag)
         plans.append(
             DownloadPlan(
                 url=redact(job.url),

@@ -8,7 +8,9 @@ redirects to), an https -> http downgrade is refused, and the hub's `X-Repo-Comm
 Nothing a server sends is trusted before it is checked: a size is a decimal integer of at
 most 2^50 bytes, a redirect target an http(s) URL with a host and a valid port. A server
 that breaks these rules is a protocol error (exit 14, never retried, no traceback); a bad
-`--base-url` or `--rev` is the user's to fix (exit 2).
+`--base-url` or `--rev` is the user's to fix (exit 2). What a server says goes into a
+message only through `printable` (its reason phrase, header values, a redirect's
+`Location`, which `redact` also passes through): escaped and bounded, never raw.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from bitnet_xtask.errors import AuthError, NetworkError, NotFoundError, UsageErr
 from bitnet_xtask.redact import redact_url
 
 from .retry import TransientError, parse_retry_after
+from .untrusted import URL_LIMIT, printable
 
 DEFAULT_BASE_URL = "https://huggingface.co"
 MAX_REDIRECTS = 10
@@ -79,7 +82,10 @@ def as_sha256(value: str | None) -> str | None:
     return bare.lower() if bare and _SHA256.match(bare.lower()) else None
 
 
-redact = redact_url  # a URL fit for a message: no userinfo, no signed query
+def redact(url: str) -> str:
+    """A URL fit for a message: no userinfo, no signed query, printable and bounded (a
+    redirect's `Location` is the server's text)."""
+    return printable(redact_url(url), URL_LIMIT)
 
 
 def parse_size(value: str, what: str, where: str) -> int:
@@ -92,7 +98,7 @@ def parse_size(value: str, what: str, where: str) -> int:
     text = value.strip()
     if not _SIZE.match(text) or int(text) > MAX_FILE_SIZE:
         raise NetworkError(
-            f"protocol error: {what} {value[:40]!r} from {where} is not a size in bytes "
+            f"protocol error: {what} '{printable(value, 40)}' from {where} is not a size in bytes "
             f"(a whole number from 0 to 2^50)",
             BROKEN_SERVER,
         )
@@ -108,15 +114,17 @@ def url_problem(url: str) -> str | None:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
-        return str(exc)
+    except ValueError as exc:  # its text quotes the URL: `Port could not be cast ... 'abc'`
+        return printable(str(exc))
     if parts.scheme not in ("http", "https"):
-        return f"unsupported scheme {parts.scheme!r} (only http and https are fetched)"
+        return (
+            f"unsupported scheme '{printable(parts.scheme, 40)}' (only http and https are fetched)"
+        )
     host = parts.hostname
     if not host:
         return "no host name"
     if not _host_ok(host, bracketed="[" in parts.netloc):
-        return f"invalid host name {host!r}"
+        return f"invalid host name '{printable(host, 100)}'"
     if port == 0:
         return "port 0"
     return None
@@ -147,7 +155,7 @@ def validate_base_url(base_url: str, source: str = "--base-url") -> str:
         problem = "a query or fragment would swallow the resolve path"
     if problem:
         raise UsageError(
-            f"invalid {source} {redact(base_url)!r}: {problem}",
+            f"invalid {source} '{redact(base_url)}': {problem}",
             "use e.g. https://huggingface.co or http://127.0.0.1:8080 (a port from 1 to 65535)",
         )
     return base_url.rstrip("/")
@@ -184,6 +192,12 @@ def validate_repo_id(repo_id: str) -> str:
             f"invalid repository id {repo_id!r}", "use the form org/name, e.g. microsoft/bitnet"
         )
     return repo_id
+
+
+def _header_text(value: str | None) -> str | None:
+    """A header value that is shown as it is stored (the commit in the plan and the `done`
+    event): printable and bounded from the start."""
+    return None if value is None else printable(value)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -243,7 +257,9 @@ class Response:
             size=size,
             etag=headers.get("etag"),
             linked_etag=self.hub_headers.get("x-linked-etag"),
-            commit=self.hub_headers.get("x-repo-commit") or headers.get("x-repo-commit"),
+            commit=_header_text(
+                self.hub_headers.get("x-repo-commit") or headers.get("x-repo-commit")
+            ),
             last_modified=headers.get("last-modified"),
             accept_ranges=headers.get("accept-ranges", "").lower() == "bytes"
             or self.raw.status_code == 206,
@@ -374,7 +390,7 @@ class HubClient:
                     target = location
                 if problem := url_problem(target):
                     raise NetworkError(
-                        f"protocol error: {redact(url)} redirected to {redact(target)!r}, "
+                        f"protocol error: {redact(url)} redirected to '{redact(target)}', "
                         f"which can't be followed: {problem}",
                         "the server (or a proxy in between) sent a bad Location; "
                         "report it to its operator, or use another --base-url",
@@ -398,9 +414,10 @@ class HubClient:
         if status < 400 or status == 416:
             return
         code = raw.headers.get("x-error-code", "")
-        server_message = raw.headers.get("x-error-message", "")
+        server_message = raw.headers.get("x-error-message", "")  # matched, never shown
         raw.close()
         where = redact(url)
+        reason = printable(raw.reason or "")  # `HTTP/1.1 500 <anything, up to 64 KiB>`
         if status == 429:
             raise TransientError(
                 f"429 Too Many Requests from {where}",
@@ -409,7 +426,7 @@ class HubClient:
             )
         if status >= 500 or status == 408:
             raise TransientError(
-                f"{status} {raw.reason} from {where}",
+                f"{status} {reason} from {where}",
                 retry_after=parse_retry_after(raw.headers.get("retry-after")),
             )
         if status in (401, 403) and not response.from_hub:
@@ -430,7 +447,7 @@ class HubClient:
             )
             if self._token:
                 hint = "the token in HF_TOKEN was rejected or lacks access; " + hint
-            raise AuthError(f"{status} {raw.reason}: not allowed to read {where}", hint)
+            raise AuthError(f"{status} {reason}: not allowed to read {where}", hint)
         if status == 404:
             what = {
                 "RepoNotFound": ("repository", "check --id (org/name)"),
@@ -438,7 +455,7 @@ class HubClient:
                 "EntryNotFound": ("file", "check --file (path inside the repository)"),
             }.get(code, ("file", "check --id, --rev and --file"))
             raise NotFoundError(f"404: {what[0]} not found: {where}", what[1])
-        raise NetworkError(f"{status} {raw.reason} from {where}")
+        raise NetworkError(f"{status} {reason} from {where}")
 
     def probe(self, session: requests.Session, url: str) -> RemoteFile:
         """Learn size and validators without downloading: HEAD, else a 1-byte range GET."""
@@ -468,10 +485,11 @@ _ANSWER_HEADERS = (
 
 
 def _describe_headers(headers: Mapping[str, str], names: tuple[str, ...] = _REQUEST_HEADERS) -> str:
-    """The headers that explain a download decision; never Authorization."""
+    """The headers that explain a download decision; never Authorization. Their values
+    are a server's (or a sidecar's) text: shown only through `printable`."""
     lowered = {k.lower(): v for k, v in headers.items()}
     shown = [
-        f"{name}={redact(lowered[name]) if name == 'location' else lowered[name]}"
+        f"{name}={redact(lowered[name]) if name == 'location' else printable(lowered[name])}"
         for name in names
         if name in lowered
     ]
@@ -497,7 +515,8 @@ def _failure(
         if redirected_from
         else "check --base-url (or $HF_ENDPOINT), and the name and DNS settings of that host"
     )
-    host = urlsplit(url).hostname or "?"
+    host = printable(urlsplit(url).hostname or "?", 100)
+    said = printable(str(exc))  # requests quotes the URL, which a redirect chose
     if isinstance(
         exc,
         requests.exceptions.InvalidURL
@@ -506,16 +525,16 @@ def _failure(
         | urllib3.exceptions.LocationValueError,
     ):
         if redirected_from:
-            return NetworkError(f"protocol error: can't fetch {where}{via}: {exc}", fix)
-        return UsageError(f"invalid URL {where}: {exc}")
+            return NetworkError(f"protocol error: can't fetch {where}{via}: {said}", fix)
+        return UsageError(f"invalid URL {where}: {said}")
     if isinstance(exc, requests.exceptions.ProxyError):
         return TransientError(f"proxy error: {_reason(exc)}")
     if (lookup := _cause(exc, socket.gaierror)) is not None:
         if lookup.errno in _FINAL_LOOKUP_ERRORS:
             return NetworkError(
-                f"host name {host!r} does not resolve ({lookup.strerror}): {where}{via}", fix
+                f"host name '{host}' does not resolve ({lookup.strerror}): {where}{via}", fix
             )
-        return TransientError(f"temporary failure resolving {host!r} ({where})")
+        return TransientError(f"temporary failure resolving '{host}' ({where})")
     if (untrusted := _cause(exc, ssl.SSLCertVerificationError)) is not None:
         return NetworkError(
             f"TLS certificate of {host} not trusted ({untrusted.verify_message}): {where}{via}",

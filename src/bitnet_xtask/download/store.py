@@ -18,6 +18,12 @@ every file we write is opened with `O_NOFOLLOW` (`open_regular`), so a link swap
 later is refused too, never followed (a `.part` link would have overwritten its target,
 and the rename would have published the link). Files we write in place (`.part`,
 `.lock`, the state's in-place fallback) must also have a single hard link.
+
+Every sidecar is tiny by construction, so one that is not is not ours: a planted
+multi-GB (or sparse, `truncate -s 8G`) file is never read, only its size is looked at
+(`read_text`), and it counts as corrupt: the state as none (the download starts again
+from byte 0), the lock as one to take over (or to wait for, when its flock is held), the
+cache metadata as absent; `--verbose` says which and why.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bitnet_xtask.download.hub import as_sha256, is_strong
+from bitnet_xtask.download.untrusted import printable
 from bitnet_xtask.errors import LockedError, NoSpaceError, UsageError, XtaskError
 
 HEADROOM_BYTES = 50 * 1024 * 1024
@@ -50,8 +57,12 @@ NAME_MAX = 255
 #: the kernel's PID_MAX_LIMIT is 2^22, <linux/threads.h>).
 DERIVED_NAME_EXTRA = len(".") + len(".part.json") + len(".4194304.tmp")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
-#: A sidecar is a few hundred bytes (the state of a chunked download a few KiB).
-SIDECAR_LIMIT = 1 << 20
+#: The largest resume state we write: at most 4096 ranges (`transfer.MAX_PIECES`) of
+#: about 100 bytes each, plus a few validators and the URL, is well under 1 MiB.
+STATE_LIMIT = 1 << 20
+#: `.lock` (one JSON line: pid, host, time), `.etag` and `.lastmod` (one header value).
+SMALL_SIDECAR_LIMIT = 4 << 10
+Note = Callable[[str], None]
 
 
 def leaf_name(path_in_repo: str) -> str:
@@ -204,18 +215,70 @@ def atomic_write_text(path: Path, text: str) -> None:
     fsync_dir(path.parent)
 
 
-def read_text(path: Path) -> str | None:
-    """A small sidecar's content, or None if absent; never through a link, never from a
-    FIFO (that would block), never more than `SIDECAR_LIMIT` bytes."""
+def read_text(path: Path, limit: int = SMALL_SIDECAR_LIMIT, note: Note | None = None) -> str | None:
+    """A sidecar's content, or None if absent or larger than `limit` bytes (`note` says
+    so); never through a link, never from a FIFO (that would block). An oversized file
+    is not read at all, not even its first `limit` bytes: what it starts with is not a
+    sidecar of ours, however well formed it looks."""
     try:
         fd = open_regular(path, write=False)
     except FileNotFoundError:
         return None
     try:
-        data = os.read(fd, SIDECAR_LIMIT)
+        data = _read_bounded(fd, limit)
     finally:
         os.close(fd)
+    if data is None:
+        _oversized(path, limit, note)
+        return None
     return data.decode("utf-8", "replace").strip() or None
+
+
+def _read_bounded(fd: int, limit: int) -> bytes | None:
+    """At most `limit` bytes from the start of `fd`; None when the file holds more (by its
+    size, or by what a read finds: it may grow while we look)."""
+    if os.fstat(fd).st_size > limit:
+        return None
+    data = os.pread(fd, limit + 1, 0)
+    return None if len(data) > limit else data
+
+
+def _oversized(path: Path, limit: int, note: Note | None) -> None:
+    if note is None:
+        return
+    try:
+        size = f"{path.lstat().st_size:,} bytes"
+    except OSError:
+        size = "too large"
+    note(f"ignoring {path}: {size}, more than the {limit:,} a file of ours ever holds")
+
+
+def metadata_ok(value: str) -> bool:
+    """Cache metadata (`.etag`, `.lastmod`) we may store and send back as a header: one
+    line of at most `SMALL_SIDECAR_LIMIT` bytes that http.client can encode (Latin-1)
+    and requests accepts (no control characters). A corrupt `.lastmod` with a newline
+    inside was an `InvalidHeader` (exit 14), one with a character outside Latin-1 a
+    UnicodeEncodeError (a traceback), a 1 MiB one a `431` from the server (exit 14)."""
+    try:
+        encoded = value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return (
+        0 < len(value.encode("utf-8")) < SMALL_SIDECAR_LIMIT  # the file holds UTF-8 and "\n"
+        and value == value.strip()
+        and not any(c < 0x20 or c == 0x7F for c in encoded)
+    )
+
+
+def read_metadata(path: Path, note: Note | None = None) -> str | None:
+    """`.etag` / `.lastmod`, or None when absent, oversized or not a header value we could
+    send (`metadata_ok`): such a file counts as absent, and `note` says why."""
+    value = read_text(path, SMALL_SIDECAR_LIMIT, note)
+    if value is not None and not metadata_ok(value):
+        if note is not None:
+            note(f"ignoring {path}: '{printable(value, 60)}' is not a header value we wrote")
+        return None
+    return value
 
 
 def fs_error(exc: OSError, path: Path) -> XtaskError:
@@ -476,15 +539,23 @@ class ResumeState:
         return json.dumps({**body, "check": _checksum(body)}, indent=1, sort_keys=True)
 
     @classmethod
-    def load(cls, path: Path) -> ResumeState | None:
-        """The sidecar, or None when absent, unreadable, from another version, or claiming
-        what no download of ours writes: the checksum exposes a torn write, not a forged
-        one, so the shape is checked too (JSON nested past the recursion limit, a `done`
-        that is not an integer, ranges that overlap or leave the file would otherwise be
-        tracebacks, or a splice)."""
-        text = read_text(path)
+    def load(cls, path: Path, note: Note | None = None) -> ResumeState | None:
+        """The sidecar, or None when absent, unreadable, larger than `STATE_LIMIT`, from
+        another version, or claiming what no download of ours writes: the checksum
+        exposes a torn write, not a forged one, so the shape is checked too (JSON nested
+        past the recursion limit, a `done` that is not an integer, ranges that overlap or
+        leave the file would otherwise be tracebacks, or a splice). `note` says why one
+        that exists was ignored; the download then starts again from byte 0."""
+        text = read_text(path, STATE_LIMIT, note)
         if text is None:
             return None
+        state = cls._parse(text)
+        if state is None and note is not None:
+            note(f"ignoring {path}: not a resume state of this version (torn, edited or corrupt)")
+        return state
+
+    @classmethod
+    def _parse(cls, text: str) -> ResumeState | None:
         try:
             data = json.loads(text)
             if not isinstance(data, dict):
@@ -549,6 +620,19 @@ def write_state(path: Path, text: str) -> None:
             os.fsync(handle.fileno())
 
 
+#: The kernel's PID_MAX_LIMIT, 2^22 (<linux/threads.h>).
+PID_MAX = 1 << 22
+
+
+def _pid(value: object) -> int:
+    """A process id read from a lock file, which anyone could have written: `1e300` made
+    `os.kill` raise OverflowError and `Infinity` made `int` raise it (tracebacks); `0` and
+    `-1` name process groups, not a holder. ValueError for anything but 1 to PID_MAX."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= PID_MAX:
+        raise ValueError(f"not a process id: {value!r:.40}")
+    return value
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -564,7 +648,10 @@ class FileLock:
 
     The exclusion is an flock on the lock file, which the kernel drops when its holder
     dies, so a lock left by a killed process is simply taken over. The holder's pid,
-    host and start time are written inside, for the messages of whoever waits.
+    host and start time are written inside, for the messages of whoever waits; what is
+    inside is only ever shown through `printable` (whoever wrote it chose it), and a
+    lock file larger than `SMALL_SIDECAR_LIMIT` is not read: its holder is "another
+    process", and if its flock is free it is taken over like any other (`on_note` says so).
     """
 
     def __init__(
@@ -573,19 +660,21 @@ class FileLock:
         timeout: float,
         on_wait: Callable[[str], None] | None = None,
         poll: float = 0.2,
+        on_note: Note | None = None,
     ) -> None:
         self.path = path
         self.timeout = timeout
         self._on_wait = on_wait
+        self._on_note = on_note
         self._poll = poll
         self._fd: int | None = None
         self.took_over: str | None = None
 
     def _owner(self) -> str:
-        text = read_text(self.path)
+        text = read_text(self.path, SMALL_SIDECAR_LIMIT)
         try:
             info = json.loads(text or "{}")
-            return f"pid {info['pid']} on {info['host']} (since {info['since']})"
+            return printable(f"pid {info['pid']} on {info['host']} (since {info['since']})")
         except (ValueError, KeyError, TypeError, RecursionError):
             return "another process"
 
@@ -594,7 +683,14 @@ class FileLock:
         deadline = time.monotonic() + self.timeout
         announced = False
         while True:
-            fd = open_regular(self.path, write=True, create=True)
+            try:
+                fd = open_regular(self.path, write=True, create=True)
+            except FileNotFoundError:  # the folder went (clean-cache) while we waited
+                raise XtaskError(
+                    f"cannot lock {self.path}: its folder {self.path.parent} no longer exists "
+                    "(removed while this waited, by xtask clean-cache?)",
+                    "run the command again",
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -618,9 +714,12 @@ class FileLock:
             if not same:
                 os.close(fd)
                 continue
-            previous = os.read(fd, 4096).decode("utf-8", "replace")
+            content = _read_bounded(fd, SMALL_SIDECAR_LIMIT)
+            if content is None:
+                _oversized(self.path, SMALL_SIDECAR_LIMIT, self._on_note)
+            previous = (content or b"").decode("utf-8", "replace")
             with contextlib.suppress(ValueError, KeyError, TypeError, RecursionError):
-                pid = int(json.loads(previous)["pid"])
+                pid = _pid(json.loads(previous)["pid"])
                 self.took_over = f"pid {pid}" + ("" if _pid_alive(pid) else " (no longer running)")
             os.ftruncate(fd, 0)
             info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
@@ -628,14 +727,64 @@ class FileLock:
             self._fd = fd
             return
 
-    def release(self) -> None:
-        """Unlink while still holding the flock, then drop it."""
+    def release(self, *, unlink: bool = True) -> None:
+        """Unlink while still holding the flock, then drop it. Only this lock's own file is
+        unlinked: after clean-cache removed it with its folder, the name may be another
+        process's new lock. `unlink=False` leaves the file (a `try_take` of one we did not
+        make)."""
         if self._fd is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        if unlink:
+            with contextlib.suppress(FileNotFoundError):
+                mine, now = os.fstat(self._fd), self.path.lstat()
+                if (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino):
+                    self.path.unlink()
         os.close(self._fd)
         self._fd = None
+
+    def holder(self) -> str | None:
+        """Who holds this lock now, or None when no live process does (or there is no lock
+        file). It takes nothing and writes nothing, so a dry run may ask: a shared flock,
+        tried and dropped at once, conflicts only with a holder's exclusive one."""
+        try:
+            fd = open_regular(self.path, write=False)
+        except FileNotFoundError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._owner()
+        finally:
+            os.close(fd)  # drops the shared flock
+        return None
+
+    def try_take(self, *, create: bool = False) -> bool:
+        """Take the lock now or not at all, and without writing the file: clean-cache holds
+        every lock in a folder while it removes the folder, and must leave a lock file it
+        ends up not removing as it was. True when taken (until `release`); False when there
+        is no lock file (or, with `create`, no folder); LockedError naming a live holder."""
+        while True:
+            try:
+                fd = open_regular(self.path, write=False, create=create)
+            except FileNotFoundError:
+                return False
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise LockedError(
+                    f"{self.path} is held by {self._owner()}",
+                    "wait for that process to finish (or stop it), then run again",
+                ) from None
+            try:  # the holder may have unlinked the file between our open and flock
+                mine, now = os.fstat(fd), self.path.lstat()
+                same = (mine.st_dev, mine.st_ino) == (now.st_dev, now.st_ino)
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._fd = fd
+                return True
+            os.close(fd)
 
     @contextlib.contextmanager
     def held(self) -> Iterator[FileLock]:

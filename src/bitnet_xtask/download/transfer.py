@@ -28,6 +28,7 @@ from bitnet_xtask.events import Reporter
 from .hub import HubClient, is_strong, parse_content_range, parse_size, redact, strip_quotes
 from .retry import Backoff, StopRequested, TransientError, retrying
 from .store import Chunk, ResumeState, Target, open_regular, raise_if_no_space, write_state
+from .untrusted import printable
 
 READ_SIZE = 1 << 20
 HASH_READ_SIZE = 4 << 20
@@ -258,7 +259,7 @@ def _check_partial(response: requests.Response, chunk: Chunk, state: ResumeState
         raise RestartFromZero("206 without a valid Content-Range", ranges_unsupported=True)
     if span.first != chunk.done or span.last != chunk.end - 1:
         raise RestartFromZero(
-            f"misaligned Content-Range {(header or '')[:80]!r}", ranges_unsupported=True
+            f"misaligned Content-Range '{printable(header or '', 80)}'", ranges_unsupported=True
         )
     if span.total is not None and span.total != state.size:
         raise RestartFromZero(f"the file's size changed to {span.total} bytes")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mounts import Mounts
 from references import bitnet_source_tree, cache_home, serve_sdist
 from servers.hf_server import HFTestServer
 from servers.nginx import NginxServer, nginx_available
@@ -176,6 +177,16 @@ def nginx(tmp_path_factory: pytest.TempPathFactory, big_payload: bytes) -> Itera
         root=root, workdir=tmp_path_factory.mktemp("nginx"), rate_limit="8m"
     ) as server:
         yield server
+
+
+@pytest.fixture
+def mounts() -> Iterator[Mounts]:
+    """tmpfs mounts (full or read-only disks) for one test, unmounted after it."""
+    made = Mounts()
+    try:
+        yield made
+    finally:
+        made.unmount_all()
 
 
 def wait_for(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:

@@ -17,11 +17,11 @@ import socket
 import stat
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Xtask
+from mounts import Mounts, fill_up
 from servers.hf_server import HFTestServer
 
 from bitnet_xtask import cache
@@ -73,33 +73,6 @@ def clean(
 def tree(path: Path) -> list[str]:
     """Everything under `path` (links not followed), to prove nothing was touched."""
     return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
-
-
-@pytest.fixture
-def ro_mount(tmp_path: Path) -> Iterator[Callable[[Path, Callable[[Path], None]], None]]:
-    """`ro_mount(path, fill)`: a tmpfs at `path`, filled by `fill(path)`, then remounted
-    read-only; unmounted after the test."""
-    mounted: list[Path] = []
-    if not IS_ROOT:
-        pytest.skip("a read-only mount needs root (and root ignores mode bits)")
-    if shutil.which("mount") is None:
-        pytest.skip("no mount(8) here")
-
-    def mount(path: Path, fill: Callable[[Path], None]) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        mounted.append(path)
-        fill(path)
-        subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def without_dac(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -301,7 +274,7 @@ def test_a_folder_swapped_after_the_listing_is_not_removed(
 def test_a_read_only_cache_fails_with_exit_1_and_no_traceback(
     xtask: Xtask,
     sandbox: dict[str, Path],
-    ro_mount: Callable[[Path, Callable[[Path], None]], None],
+    mounts: Mounts,
 ) -> None:
     fixtures = sandbox["work"] / "crossval" / "fixtures"
     shutil.rmtree(fixtures)
@@ -310,7 +283,7 @@ def test_a_read_only_cache_fails_with_exit_1_and_no_traceback(
         (path / "sub").mkdir()
         (path / "sub" / "a.gguf").write_bytes(b"GGUF")
 
-    ro_mount(fixtures, fill)
+    mounts.tmpfs(fixtures, "4m", fill=fill, read_only=True)
     run = clean(xtask, sandbox, "--yes")
     assert run.returncode == 1, run.stderr
     assert "could not remove all of" in run.stderr and "Read-only file system" in run.stderr
@@ -500,9 +473,7 @@ def test_the_forms_cmake_accepts_pass_the_check() -> None:
 # --- #14 fetch-cpp: a read-only cache, and its siblings in the build directory ----------
 
 
-def test_a_read_only_cache_is_one_clear_error(
-    xtask: Xtask, tmp_path: Path, ro_mount: Callable[[Path, Callable[[Path], None]], None]
-) -> None:
+def test_a_read_only_cache_is_one_clear_error(xtask: Xtask, tmp_path: Path, mounts: Mounts) -> None:
     source = tmp_path / "tree"
     source.mkdir()
     (source / "CMakeLists.txt").write_text("project(x C)\n")
@@ -513,7 +484,7 @@ def test_a_read_only_cache_is_one_clear_error(
             if existing:
                 (path / "bitnet_cpp" / "llama.cpp-local-cpu").mkdir(parents=True)
 
-        ro_mount(xdg, fill)
+        mounts.tmpfs(xdg, "4m", fill=fill, read_only=True)
         env = xtask.env(XDG_CACHE_HOME=str(xdg), **NO_NETWORK)
         run = xtask.run("fetch-cpp", "--source", str(source), env=env, timeout=60)
         assert run.code == 2, run.stderr
@@ -522,29 +493,17 @@ def test_a_read_only_cache_is_one_clear_error(
 
 
 def test_a_full_cache_is_exit_10_before_anything_runs(
-    xtask: Xtask, tmp_path: Path, ro_mount: Callable[[Path, Callable[[Path], None]], None]
+    xtask: Xtask, tmp_path: Path, mounts: Mounts
 ) -> None:
     """A genuinely full tmpfs (filled to ENOSPC) as $XDG_CACHE_HOME."""
-    xdg = tmp_path / "full"
-    xdg.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(xdg)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
-        with (xdg / "filler").open("wb") as handle, pytest.raises(OSError):
-            while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
-        source = tmp_path / "tree"
-        source.mkdir()
-        (source / "CMakeLists.txt").write_text("project(x C)\n")
-        env = xtask.env(XDG_CACHE_HOME=str(xdg), **NO_NETWORK)
-        run = xtask.run("fetch-cpp", "--source", str(source), env=env, timeout=60)
-        assert run.code == 10, run.stderr
-        assert "Traceback" not in run.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(xdg)], check=False)
+    xdg = mounts.tmpfs(tmp_path / "full", fill=fill_up)
+    source = tmp_path / "tree"
+    source.mkdir()
+    (source / "CMakeLists.txt").write_text("project(x C)\n")
+    env = xtask.env(XDG_CACHE_HOME=str(xdg), **NO_NETWORK)
+    run = xtask.run("fetch-cpp", "--source", str(source), env=env, timeout=60)
+    assert run.code == 10, run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_a_corrupt_receipt_means_rebuild_not_traceback(
@@ -573,10 +532,10 @@ def test_a_source_tree_nix_cannot_archive_is_a_usage_error(xtask: Xtask, tmp_pat
 
 
 def test_a_read_only_bitnet_checkout_is_a_usage_error(
-    xtask: Xtask, tmp_path: Path, ro_mount: Callable[[Path, Callable[[Path], None]], None]
+    xtask: Xtask, tmp_path: Path, mounts: Mounts
 ) -> None:
     checkout = tmp_path / "BitNet"
-    ro_mount(checkout, lambda path: (path / "include").mkdir())
+    mounts.tmpfs(checkout, "4m", fill=lambda path: (path / "include").mkdir(), read_only=True)
     env = xtask.env(XDG_CACHE_HOME=str(tmp_path / "xdg"), **NO_NETWORK)
     run = xtask.run("fetch-cpp", "--ref", "bitnet.cpp", "--source", str(checkout), env=env)
     assert run.code == 2, run.stderr

@@ -17,15 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import stat
-import subprocess
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import REPO, Run, Xtask, payload, sha256, wait_for
+from mounts import Mounts
 from servers.hf_server import Faults, HFTestServer
 
 from bitnet_xtask.download.store import FileLock, atomic_write_text, open_regular
@@ -63,34 +61,6 @@ def victim(tmp_path: Path) -> Path:
     path = tmp_path / "victim.txt"
     path.write_bytes(b"precious, not ours\n")
     return path
-
-
-@pytest.fixture
-def ro_mount(tmp_path: Path) -> Iterator[Callable[[Path], None]]:
-    """`ro_mount(path)` mounts a read-only tmpfs there (root ignores permission bits, so a
-    mode-0555 directory would prove nothing); unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(path: Path) -> None:
-        if os.geteuid() != 0:
-            pytest.skip("a read-only mount needs root (a mode-0555 dir is writable by root)")
-        if shutil.which("mount") is None:
-            pytest.skip("no mount(8) on this machine")
-        path.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a read-only tmpfs at {path}: {proc.stderr.strip()}")
-        mounted.append(path)
-
-    yield mount
-    for path in reversed(mounted):
-        if subprocess.run(["umount", str(path)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def need_root(what: str) -> None:
@@ -266,9 +236,9 @@ def test_an_out_that_is_not_a_directory_is_a_usage_error_up_front(
 
 @pytest.mark.parametrize("dry", [False, True])
 def test_a_read_only_out_is_a_usage_error_up_front(
-    served: HFTestServer, xtask: Xtask, ro_mount: Callable[[Path], None], dry: bool
+    served: HFTestServer, xtask: Xtask, mounts: Mounts, dry: bool
 ) -> None:
-    ro_mount(xtask.out)
+    mounts.tmpfs(xtask.out, read_only=True)
     run = xtask.download(served.hub_url, "--file", NAME, *(["--dry-run"] if dry else []))
     clean(run, 2)
     assert "read-only file system" in run.stderr

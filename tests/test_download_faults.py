@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from typing import IO, Any
 import pytest
 import requests
 from conftest import BIG_SIZE, REPO, Run, Xtask, payload, sha256, wait_for
+from mounts import Mounts
 from servers.nginx import NginxServer
 
 from bitnet_xtask.download.transfer import MIN_CHUNK
@@ -219,33 +219,6 @@ def fill(path: Path) -> int:
                 return written
     finally:
         os.close(fd)
-
-
-@pytest.fixture
-def tmpfs() -> Iterator[Callable[[Path, str], None]]:
-    """`tmpfs(path, "100m")` mounts a size-limited tmpfs there; unmounted after the test."""
-    mounted: list[Path] = []
-
-    def mount(path: Path, size: str) -> None:
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs (a genuinely full disk) needs root")
-        if shutil.which("mount") is None:
-            pytest.skip("no mount(8) on this machine")
-        path.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs at {path}: {proc.stderr.strip()}")
-        mounted.append(path)
-
-    yield mount
-    for path in reversed(mounted):
-        if subprocess.run(["umount", str(path)], check=False).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 def interrupt(
@@ -436,11 +409,11 @@ def test_disk_full_mid_write_exits_10_keeps_the_part_and_resumes(
     xtask: Xtask,
     nginx: NginxServer,
     big_payload: bytes,
-    tmpfs: Callable[[Path, str], None],
+    mounts: Mounts,
 ) -> None:
     # Room for the pre-check (64 MiB + 50 MiB headroom) with a margin, so that the rerun's
     # pre-check passes again once the filler is gone.
-    tmpfs(xtask.out, "160m")
+    mounts.tmpfs(xtask.out, "160m")
     filler = xtask.out / "filler"
     limited = nginx.url + "/limited"
     log = Log(nginx, uri("/limited", "big.bin"))
@@ -474,9 +447,9 @@ def test_disk_full_mid_write_exits_10_keeps_the_part_and_resumes(
 
 
 def test_space_precheck_refuses_before_writing(
-    xtask: Xtask, nginx: NginxServer, tmpfs: Callable[[Path, str], None]
+    xtask: Xtask, nginx: NginxServer, mounts: Mounts
 ) -> None:
-    tmpfs(xtask.out, "100m")  # < 64 MiB + 50 MiB headroom
+    mounts.tmpfs(xtask.out, "100m")  # < 64 MiB + 50 MiB headroom
     log = Log(nginx, uri("", "big.bin"))
     run = xtask.download(nginx.url, "--file", "big.bin", timeout=30)
     assert run.code == 10, run.stderr

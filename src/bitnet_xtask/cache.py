@@ -40,7 +40,7 @@ import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -195,29 +195,33 @@ class CacheEntry:
         }
 
 
-def tree_size(path: Path) -> int:
-    """Bytes allocated under `path`, never following symbolic links."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return 0
-    if not stat.S_ISDIR(info.st_mode):
-        return info.st_blocks * 512
-    total = info.st_blocks * 512
-    stack = [path]
+def walk(folder: Path) -> Iterator[os.DirEntry[str]]:
+    """Every entry below `folder`, depth first, symbolic links never followed and entries
+    that vanish or cannot be read passed over: the one walk for sizes and for locks."""
+    stack = [folder]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))
         except OSError:
             continue
         for entry in entries:
-            try:
-                entry_info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            total += entry_info.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+            yield entry
+
+
+def tree_size(path: Path) -> int:
+    """Bytes allocated under `path`, never following symbolic links."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return 0
+    total = info.st_blocks * 512
+    if stat.S_ISDIR(info.st_mode):
+        for entry in walk(path):
+            with contextlib.suppress(OSError):
+                total += entry.stat(follow_symlinks=False).st_blocks * 512
     return total
 
 
@@ -342,18 +346,10 @@ def lock_files(folder: Path) -> list[Path]:
     """Every regular file named `*.lock` under `folder`, links never followed: the
     `<file>.lock` of download-model and the `.lock` of fetch-cpp (both `store.FileLock`)."""
     found: list[Path] = []
-    stack = [folder]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                elif entry.name.endswith(".lock") and entry.is_file(follow_symlinks=False):
-                    found.append(Path(entry.path))
+    for entry in walk(folder):
+        with contextlib.suppress(OSError):
+            if entry.name.endswith(".lock") and entry.is_file(follow_symlinks=False):
+                found.append(Path(entry.path))
     return sorted(found)
 
 

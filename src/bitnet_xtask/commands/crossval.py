@@ -3,7 +3,7 @@ and `crossval.receipt`."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bitnet_xtask.commands.common import reporting
+from bitnet_xtask.commands.common import Seconds, reporting
 from bitnet_xtask.errors import CheckFailedError, UsageError
 from bitnet_xtask.events import ConsoleReporter, Reporter
 
@@ -23,7 +23,9 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> tuple[st
     if prompt and prompts_file:
         raise UsageError("give --prompt or --prompts, not both")
     if prompts_file:
-        lines = _read_text(prompts_file).splitlines()
+        from bitnet_xtask.inputs import read_text
+
+        lines = read_text(prompts_file, what="prompts file").splitlines()
         chosen = tuple(line for line in lines if line.strip())
         if not chosen:
             raise UsageError(f"{prompts_file} holds no prompts")
@@ -36,12 +38,16 @@ def read_prompts(prompt: tuple[str, ...], prompts_file: Path | None) -> tuple[st
 def read_token_ids(path: Path) -> tuple[int, ...]:
     """--tokens-file: JSON (`[1, 2]` or `{"tokens": [1, 2]}`) or ids separated by spaces or
     commas, for engines or models without a tokenizer."""
-    text = _read_text(path)
-    try:
-        loaded = json.loads(text)
-    except ValueError:
-        words = text.replace(",", " ").split()
-        loaded = [int(w) for w in words] if all(w.isdigit() for w in words) else None
+    from bitnet_xtask.inputs import parse_json, read_text
+
+    text = read_text(path, what="tokens file")
+    words = text.replace(",", " ").split()
+    loaded: Any = None
+    if words and all(w.isdigit() for w in words):
+        loaded = [int(w) for w in words]
+    else:
+        with contextlib.suppress(UsageError):  # not JSON: said below, with the formats
+            loaded = parse_json(text, what=f"tokens file {path}")
     ids = loaded.get("tokens") if isinstance(loaded, dict) else loaded
     valid = isinstance(ids, list) and all(type(i) is int and i >= 0 for i in ids)
     if not valid or not ids:
@@ -52,13 +58,6 @@ def read_token_ids(path: Path) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path} as UTF-8 text: {exc}") from None
-
-
 def summary_table(receipt: dict[str, Any]) -> str:
     """The human summary: one row per model, prompt and candidate."""
     header = (
@@ -67,7 +66,7 @@ def summary_table(receipt: dict[str, Any]) -> str:
     )
     rows = [header, "-" * len(header)]
     for model in receipt["models"]:
-        if model["error"]:
+        if model["error"] is not None:
             rows.append(f"{Path(model['path']).name[:34]:34} ERROR: {model['error']}")
         for run in model["runs"]:
             for c in run["comparisons"]:
@@ -114,14 +113,38 @@ def default_receipt() -> Path:
 
 
 def writable_receipt(path: Path) -> Path:
-    """Fail before a long run, not after it, when the receipt cannot be written."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create {path.parent} for the receipt: {exc.strerror}") from None
-    if path.is_dir() or not os.access(path.parent, os.W_OK):
-        raise UsageError(f"cannot write the receipt to {path}")
+    """Fail before a long run, not after it, when the receipt cannot be written: the path
+    must be absent or a regular file (a device, FIFO, symlink or directory is refused),
+    and its nearest existing ancestor a directory we may write in. Nothing is created
+    here: `write_receipt` makes the directories, so a run that fails leaves none."""
+    from bitnet_xtask.download.store import refuse_unless_replaceable
+
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        if ancestor.is_symlink():  # a dangling link: mkdir would fail on it later
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UsageError(
+            f"cannot create {path.parent} for the receipt: {ancestor} is not a directory"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"cannot write the receipt {path}: {ancestor} is not writable",
+            "give --receipt a path in a writable directory",
+        )
+    refuse_unless_replaceable(path)
     return path
+
+
+BACKEND_TIMEOUT = click.option(
+    "--backend-timeout",
+    type=Seconds(allow_zero=False),
+    default=600.0,
+    show_default=True,
+    help="Seconds one engine call (cpp: or cmd:) may take; then it and its children are "
+    "killed and the model records the error.",
+)
 
 
 @click.group("crossval", invoke_without_command=True)
@@ -165,6 +188,7 @@ def writable_receipt(path: Path) -> Path:
 )
 @click.option("--top-k", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--threads", type=click.IntRange(1), help="Threads for cpp backends.")
+@BACKEND_TIMEOUT
 @click.option(
     "--receipt",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -183,6 +207,7 @@ def crossval_command(
     profile: str | None,
     top_k: int,
     threads: int | None,
+    backend_timeout: float,
     receipt: Path | None,
     json_lines: bool,
 ) -> None:
@@ -209,6 +234,7 @@ def crossval_command(
             profile=profile,
             top_k=top_k,
             threads=threads,
+            timeout=backend_timeout,
         )
         path = writable_receipt(receipt or default_receipt())
         finish(run_crossval(request, reporter), path, reporter, json_lines)

@@ -8,6 +8,7 @@ import click
 
 from bitnet_xtask.commands.common import reporting
 from bitnet_xtask.commands.crossval import (
+    BACKEND_TIMEOUT,
     default_receipt,
     finish,
     read_prompts,
@@ -63,6 +64,7 @@ from bitnet_xtask.fixtures.names import ARCHS, QUANTS
 @click.option("--n-predict", type=click.IntRange(0), default=8, show_default=True)
 @click.option("--tolerance-profile", "profile", help="strict, quantized or a JSON file.")
 @click.option("--threads", type=click.IntRange(1), help="Threads for cpp backends.")
+@BACKEND_TIMEOUT
 @click.option("--receipt", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout.")
 def full_crossval_command(
@@ -82,6 +84,7 @@ def full_crossval_command(
     n_predict: int,
     profile: str | None,
     threads: int | None,
+    backend_timeout: float,
     receipt: Path | None,
     json_lines: bool,
 ) -> None:
@@ -94,7 +97,7 @@ def full_crossval_command(
             fixture=fixture, arch=arch, quant=quant, seed=seed, fixtures_dir=fixtures_dir,
             repo=repo, file=file, models_dir=models_dir, ref=ref, jobs=jobs, backends=backends,
             prompts=read_prompts(prompt, prompts_file), n_predict=n_predict, profile=profile,
-            threads=threads,
+            threads=threads, timeout=backend_timeout,
         )  # fmt: skip
         path = writable_receipt(receipt or default_receipt())
         finish(run_full_crossval(request, reporter), path, reporter, json_lines)

@@ -59,19 +59,19 @@ def gen_fixtures_command(
     """Write small, deterministic, real GGUF models and a metadata JSON beside each."""  # fmt: skip
     reporter = ConsoleReporter(json_lines=json_lines, progress=False)
     with reporting(reporter):
+        from bitnet_xtask.download.store import refuse_unless_replaceable
         from bitnet_xtask.fixtures import FixtureSpec, generate_fixture
+        from bitnet_xtask.fixtures.generate import fixture_paths
 
         combinations = [(s, a, q) for s in sizes for a in archs for q in quants]
-        try:  # every combination checked before any file is written
+        try:  # every combination and target checked before any file is written
             for size, arch, quant in combinations:
-                FixtureSpec.parse(size, arch, quant, seed)
+                for target in fixture_paths(FixtureSpec.parse(size, arch, quant, seed), output):
+                    refuse_unless_replaceable(target)
         except ValueError as exc:
             raise UsageError(str(exc), "i2_s goes with --arch bitnet only") from None
         for size, arch, quant in combinations:
-            try:
-                result = generate_fixture(size, arch, quant, seed, output)
-            except OSError as exc:
-                raise UsageError(f"cannot write fixtures to {output}: {exc.strerror}") from None
+            result = generate_fixture(size, arch, quant, seed, output)
             reporter.info(
                 f"{result.model} ({human_bytes(result.size_bytes)}, sha256 {result.sha256[:12]}...)"
             )

@@ -18,13 +18,20 @@ no RAM) and a greedy continuation. Three kinds, named on the command line by a s
 
 Backends that can tokenize (the cpp harness) are also asked to tokenize the prompt, so
 crossval can check tokenization parity; every backend evaluates the same ids.
+
+An engine is someone else's program and may hang, print without end or leave a FIFO
+where a file belongs: each call runs in its own session within a deadline (then its
+whole process group is killed, as on Ctrl-C), its output goes to files, and what it
+writes is read only from regular files, bounded (`bitnet_xtask.inputs`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -73,26 +80,74 @@ class Backend(Protocol):
         ...
 
 
-def _run(argv: list[str], what: str, timeout: float = 3600) -> str:
+DEFAULT_TIMEOUT = 600.0
+"""Seconds one engine call (a tokenization or an evaluation) may take (`--backend-timeout`)."""
+
+OUTPUT_TAIL_BYTES = 4096
+"""How much of an engine's stderr (or stdout) a failure message shows."""
+
+
+def _tail(path: Path) -> str:
+    with path.open("rb") as handle:
+        handle.seek(max(0, handle.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES))
+        text = handle.read().decode("utf-8", "replace")
+    return "\n".join(text.strip().splitlines()[-10:])
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the engine and everything it started (its own session and process group):
+    killing only the direct child would leave a shell's children running."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _run(argv: list[str], what: str, timeout: float, logs: Path) -> None:
+    """Run an engine to completion within `timeout` seconds, or kill its process group.
+
+    Its stdout and stderr go to files in `logs` (an engine that prints without end fills
+    a file, not this process's memory); a failure shows the last lines.
+    """
+    logs.mkdir(parents=True, exist_ok=True)
+    stdout, stderr = logs / "stdout.txt", logs / "stderr.txt"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        try:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
+            )
+        except FileNotFoundError:
+            raise BackendError(f"{what}: {argv[0]} not found") from None
+        except OSError as exc:
+            raise BackendError(f"{what}: cannot start {argv[0]}: {exc.strerror}") from None
+        try:
+            returncode = process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            raise BackendError(
+                f"{what}: no answer within {timeout:g} s (--backend-timeout); "
+                "the engine and its children were killed"
+            ) from None
+        except BaseException:  # Ctrl-C, SIGTERM: the engine must not outlive us
+            _kill_group(process)
+            raise
+    if returncode != 0:
+        tail = _tail(stderr) or _tail(stdout)
+        raise BackendError(f"{what} failed (exit {returncode}):\n{tail}")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """A JSON file an engine wrote: regular, bounded and well-formed, or a BackendError."""
+    from bitnet_xtask.inputs import read_json
+
     try:
-        process = subprocess.run(
-            argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False
-        )
-    except FileNotFoundError:
-        raise BackendError(f"{what}: {argv[0]} not found") from None
-    except subprocess.TimeoutExpired:
-        raise BackendError(f"{what}: no answer within {timeout:.0f} s") from None
-    if process.returncode != 0:
-        tail = "\n".join((process.stderr or process.stdout).strip().splitlines()[-10:])
-        raise BackendError(f"{what} failed (exit {process.returncode}):\n{tail}")
-    return process.stdout
+        return read_json(path, what=f"{what}: its output")
+    except UsageError as exc:
+        raise BackendError(exc.message) from None
 
 
 def _read_ids(path: Path, what: str) -> list[int]:
-    try:
-        ids = json.loads(path.read_text(encoding="utf-8"))["tokens"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BackendError(f"{what}: cannot read token ids from {path}: {exc}") from None
+    loaded = _read_json(path, what)
+    ids = loaded.get("tokens") if isinstance(loaded, dict) else None
     if not isinstance(ids, list) or not all(type(i) is int for i in ids):
         raise BackendError(f'{what}: {path} must hold {{"tokens": [int, ...]}}')
     return ids
@@ -141,6 +196,7 @@ class CppBackend:
     directory: Path
     threads: int | None = None
     receipt: dict[str, Any] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT
 
     @property
     def harness(self) -> Path:
@@ -154,7 +210,7 @@ class CppBackend:
         threads = ["--threads", str(self.threads)] if self.threads else []
         argv = [str(self.harness), "--model", str(model), *source, "--out", str(out),
                 "--n-predict", str(n_predict), *threads]  # fmt: skip
-        _run(argv, f"{self.spec} ({self.harness})")
+        _run(argv, f"{self.spec} ({self.harness})", self.timeout, out)
         return out
 
     def tokenize(self, model: Path, prompt: str, workdir: Path) -> list[int] | None:
@@ -167,7 +223,10 @@ class CppBackend:
         workdir.mkdir(parents=True, exist_ok=True)
         ids.write_text(" ".join(map(str, tokens)) + "\n", encoding="utf-8")
         out = self._harness(model, ["--tokens-file", str(ids)], workdir / "eval", n_predict)
-        n_vocab = json.loads((out / "tokens.json").read_text(encoding="utf-8"))["n_vocab"]
+        summary = _read_json(out / "tokens.json", self.spec)
+        n_vocab = summary.get("n_vocab") if isinstance(summary, dict) else None
+        if type(n_vocab) is not int or n_vocab < 1:
+            raise BackendError(f"{self.spec}: {out / 'tokens.json'} has no n_vocab")
         try:
             logits = LogitsFile.raw(out / "logits.f32", len(tokens), n_vocab)
         except ValueError as exc:
@@ -182,6 +241,7 @@ class CommandBackend:
 
     spec: str
     template: str
+    timeout: float = DEFAULT_TIMEOUT
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "cmd", "template": self.template}
@@ -202,7 +262,7 @@ class CommandBackend:
         Path(files["tokens"]).write_text(json.dumps({"tokens": tokens}), encoding="utf-8")
         argv = command_line(self.template, files)
         started = time.monotonic()
-        _run(argv, self.spec)
+        _run(argv, self.spec, self.timeout, workdir / ".xtask-engine-output")
         try:
             logits = LogitsFile.npy(Path(files["logits"]))
         except (OSError, ValueError) as exc:
@@ -278,25 +338,27 @@ def find_build(name: str) -> Path:
 def _build_receipt(directory: Path, spec: str) -> dict[str, Any]:
     """The fetch-cpp receipt of a build, for the crossval receipt ({} when it has none)."""
     path = directory / "receipt.json"
-    if not path.is_file():
+    if not path.exists():
         return {}
+    from bitnet_xtask.inputs import read_json
+
     try:
-        loaded = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(
-            f"{spec}: {path} is unreadable: {exc}", "rebuild: xtask fetch-cpp --force"
-        ) from None
+        loaded = read_json(path, what=f"{spec}: the build receipt")
+    except UsageError as exc:
+        raise UsageError(exc.message, "rebuild: xtask fetch-cpp --force") from None
     return loaded if isinstance(loaded, dict) else {}
 
 
-def make_backend(spec: str, threads: int | None = None) -> Backend:
-    """Parse a backend spec from the command line."""
+def make_backend(
+    spec: str, threads: int | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> Backend:
+    """Parse a backend spec from the command line; `timeout` bounds each engine call."""
     kind, _, rest = spec.partition(":")
     if spec == "numpy":
         return NumpyBackend()
     if kind == "cpp" and rest:
         directory = find_build(rest)
-        backend = CppBackend(spec, directory, threads, _build_receipt(directory, spec))
+        backend = CppBackend(spec, directory, threads, _build_receipt(directory, spec), timeout)
         if not backend.harness.is_file():
             raise UsageError(
                 f"{spec}: no harness at {backend.harness}",
@@ -306,7 +368,7 @@ def make_backend(spec: str, threads: int | None = None) -> Backend:
         return backend
     if kind == "cmd" and rest:
         command_line(rest, {name: name for name in PLACEHOLDERS})  # fail now, not mid-run
-        return CommandBackend(spec, rest)
+        return CommandBackend(spec, rest, timeout)
     raise UsageError(
         f"unknown backend {spec!r}", "use numpy, cpp:<build> or cmd:<command template>"
     )

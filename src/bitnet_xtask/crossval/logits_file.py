@@ -9,12 +9,26 @@ Both `.npy` files and headerless row-major files (the harness's `logits.f32`) wo
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
+
+from bitnet_xtask.errors import UsageError
+from bitnet_xtask.inputs import open_regular
+
+
+def _open(path: Path) -> BinaryIO:
+    """The regular file at `path`, for reading: an engine that left a FIFO or a device
+    there must not block or feed us forever (ValueError, as for a malformed file)."""
+    try:
+        fd, _ = open_regular(path, what="logits file")
+    except UsageError as exc:
+        raise ValueError(exc.message) from None
+    return os.fdopen(fd, "rb")
 
 
 @dataclass(frozen=True)
@@ -35,14 +49,17 @@ class LogitsFile:
         """A headerless row-major file; its size must be exactly the matrix."""
         matrix = cls(path, (n_rows, n_vocab), np.dtype(dtype))
         expected = n_rows * n_vocab * matrix.dtype.itemsize
-        if (size := path.stat().st_size) != expected:
+        with _open(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
+        if size != expected:
             raise ValueError(f"{path} has {size} bytes, expected {n_rows} x {n_vocab} floats")
         return matrix
 
     @classmethod
     def npy(cls, path: Path) -> LogitsFile:
         """A C-ordered 2-D `.npy` file (its header says shape and dtype)."""
-        with path.open("rb") as handle:
+        with _open(path) as handle:
+            size = os.fstat(handle.fileno()).st_size
             version = np.lib.format.read_magic(handle)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
@@ -53,7 +70,7 @@ class LogitsFile:
             raise ValueError(f"{path} holds a {'Fortran-ordered ' * fortran}{shape} array, "
                              "expected C-ordered (n_tokens, n_vocab)")  # fmt: skip
         matrix = cls(path, (int(shape[0]), int(shape[1])), np.dtype(dtype), offset)
-        if path.stat().st_size < offset + shape[0] * shape[1] * matrix.dtype.itemsize:
+        if size < offset + shape[0] * shape[1] * matrix.dtype.itemsize:
             raise ValueError(f"{path} is shorter than its header says")
         return matrix
 

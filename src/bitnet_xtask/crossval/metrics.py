@@ -14,7 +14,6 @@ misses the threshold.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -286,14 +285,16 @@ def load_tolerances(path: Path) -> Tolerances:
     Thresholds not given are the base profile's (default "strict"); the name defaults
     to the file's stem.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read tolerances from {path}: {e}") from e
+    from bitnet_xtask.inputs import read_json
+
+    try:  # a regular file, bounded, valid JSON
+        data = read_json(path, what="tolerance profile")
+    except UsageError as exc:
+        raise UsageError(f"cannot read tolerances: {exc.message}", exc.hint) from None
     if not isinstance(data, dict):
         raise UsageError(f"{path}: tolerances must be a JSON object")
     base_name = data.pop("base", "strict")
-    if base_name not in PROFILES:
+    if not isinstance(base_name, str) or base_name not in PROFILES:  # a list is unhashable
         raise UsageError(f"{path}: unknown base profile {base_name!r}", hint=_known_profiles())
     thresholds = {f.name for f in fields(Tolerances)} - {"name"}
     unknown = sorted(set(data) - thresholds - {"name"})

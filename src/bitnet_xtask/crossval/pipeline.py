@@ -10,14 +10,13 @@ the download and the build find their own caches).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bitnet_xtask.crossval.backends import prefix_variable
+from bitnet_xtask.crossval.backends import DEFAULT_TIMEOUT, prefix_variable
 from bitnet_xtask.crossval.runner import DEFAULT_PROMPT, CrossvalRequest, run_crossval
 from bitnet_xtask.download.store import hash_file
 from bitnet_xtask.errors import UsageError, XtaskError
@@ -46,6 +45,7 @@ class FullCrossvalRequest:
     n_predict: int = 8
     profile: str | None = None
     threads: int | None = None
+    timeout: float = DEFAULT_TIMEOUT
 
 
 def _step(number: int, reporter: Reporter, action: Callable[[], T], next_action: str) -> T:
@@ -71,17 +71,31 @@ def _fixture(request: FullCrossvalRequest, reporter: Reporter) -> Path:
     except ValueError as exc:
         raise UsageError(str(exc), "i2_s goes with --arch bitnet") from None
     model = request.fixtures_dir / f"{spec.stem}.gguf"
-    metadata = model.with_suffix(".json")
-    if model.is_file() and metadata.is_file():
-        recorded = json.loads(metadata.read_text("utf-8")).get("sha256")
-        if recorded == hash_file(model):
-            reporter.info(f"fixture {model} is up to date")
-            return model
-    result = generate_fixture(
-        request.fixture, request.arch, request.quant, request.seed, request.fixtures_dir
-    )
+    if _up_to_date(model, model.with_suffix(".json")):
+        reporter.info(f"fixture {model} is up to date")
+        return model  # even in a read-only --fixtures-dir
+    try:
+        result = generate_fixture(
+            request.fixture, request.arch, request.quant, request.seed, request.fixtures_dir
+        )
+    except UsageError as exc:  # read-only, not a directory, a device where a file goes
+        raise UsageError(exc.message, "give a writable --fixtures-dir") from None
     reporter.info(f"generated {result.model}")
     return result.model
+
+
+def _up_to_date(model: Path, metadata: Path) -> bool:
+    """The fixture is there, and its bytes are the ones its metadata describes (a
+    metadata file that is not a bounded, regular JSON file counts as absent)."""
+    from bitnet_xtask.inputs import read_json
+
+    if not (model.is_file() and metadata.is_file()):
+        return False
+    try:
+        recorded = read_json(metadata, what="fixture metadata")
+    except UsageError:
+        return False
+    return isinstance(recorded, dict) and recorded.get("sha256") == hash_file(model)
 
 
 def _download(request: FullCrossvalRequest, reporter: Reporter) -> Path:
@@ -138,6 +152,7 @@ def run_full_crossval(
         n_predict=request.n_predict,
         profile=request.profile,
         threads=request.threads,
+        timeout=request.timeout,
     )
     return _step(3, reporter, lambda: run_crossval(crossval, reporter),
                  f"rerun it alone: xtask crossval --model {model}")  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from bitnet_xtask.crossval import metrics
-from bitnet_xtask.download.store import atomic_write_text, hash_file
-from bitnet_xtask.errors import UsageError
+from bitnet_xtask.crossval.gguf_file import GGUFFile
+from bitnet_xtask.download.store import atomic_write_text, hash_file, refuse_unless_replaceable
+from bitnet_xtask.errors import NoSpaceError, UsageError
 
 RECEIPT_KIND = "bitnet-xtask/crossval-receipt"
 RECEIPT_VERSION = 1
@@ -33,48 +34,64 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
-def _gguf_facts(model: Path) -> tuple[str | None, str | None]:
+@dataclass(frozen=True)
+class ModelLimits:
+    """What bounds the input a model takes, from its GGUF header (None: not stated)."""
+
+    context_length: int | None
+    longest_token_bytes: int | None
+
+
+def _gguf_facts(reader: GGUFFile) -> tuple[str | None, str | None]:
     """Architecture and weight type from the GGUF header, for models that came without
     gen-fixtures' metadata (the reference's reader: gguf-py's refuses i2_s files)."""
-    from bitnet_xtask.crossval.reference import GGUFFile
     from bitnet_xtask.fixtures.spec import FILE_TYPES
 
-    try:
-        reader = GGUFFile(model)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{model} is not a readable GGUF file: {exc}") from None
     arch, file_type = reader.metadata("general.architecture"), reader.metadata("general.file_type")
     quant = next((name for name, code in FILE_TYPES.items() if code == file_type), None)
     return (None if arch is None else str(arch)), quant
 
 
 def _sidecar(path: Path) -> dict[str, Any] | None:
-    """gen-fixtures' metadata beside a model; anything else there is not ours to read."""
+    """gen-fixtures' metadata beside a model; anything else there (not a regular file,
+    not JSON, too large or too deep) is not ours to read."""
+    from bitnet_xtask.inputs import read_json
+
     try:
-        loaded = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
+        loaded = read_json(path, what="model metadata")
+    except UsageError:
         return None
     return loaded if isinstance(loaded, dict) else None
+
+
+def inspect_model(model: Path) -> tuple[dict[str, Any], ModelLimits]:
+    """The receipt's facts about a model (`model_facts`) and its input limits.
+
+    The GGUF header is always read, sidecar or not: a model that is not a regular file,
+    whose header is corrupt or whose tensors run past its end is refused here (exit 2),
+    before any backend runs.
+    """
+    reader = GGUFFile(model)
+    metadata = _sidecar(model.with_suffix(".json"))
+    if metadata is not None and {"arch", "quant"} <= metadata.keys():
+        arch, quant = metadata["arch"], metadata["quant"]
+    else:
+        arch, quant = _gguf_facts(reader)
+    facts = {
+        "path": str(model),
+        "sha256": hash_file(model),
+        "size_bytes": reader.size,
+        "arch": arch,
+        "quant": quant,
+        "metadata": metadata,
+    }
+    return facts, ModelLimits(reader.context_length(), reader.longest_token_bytes())
 
 
 def model_facts(model: Path) -> dict[str, Any]:
     """What the receipt says about a model: path, sha256, size and metadata (gen-fixtures'
     JSON beside the model when there is one, else the GGUF header's)."""
-    if not model.is_file():
-        raise UsageError(f"model {model} does not exist")
-    metadata = _sidecar(model.with_suffix(".json"))
-    if metadata is not None and {"arch", "quant"} <= metadata.keys():
-        arch, quant = metadata["arch"], metadata["quant"]
-    else:
-        arch, quant = _gguf_facts(model)
-    return {
-        "path": str(model),
-        "sha256": hash_file(model),
-        "size_bytes": model.stat().st_size,
-        "arch": arch,
-        "quant": quant,
-        "metadata": metadata,
-    }
+    return inspect_model(model)[0]
 
 
 def _json_safe(value: Any) -> Any:
@@ -89,9 +106,22 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
-    """Atomically: a reader never sees half a receipt."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(_json_safe(receipt), indent=2, allow_nan=False) + "\n")
+    """Atomically: a reader never sees half a receipt. Only an absent path or a regular
+    file is replaced (`atomic_write_text`: a device, FIFO, symlink or directory there is
+    refused, exit 2); the directories are created only now, so a run that failed earlier
+    leaves none behind."""
+    refuse_unless_replaceable(path)
+    text = json.dumps(_json_safe(receipt), indent=2, allow_nan=False) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    except NoSpaceError:
+        raise NoSpaceError(
+            f"disk full while writing the receipt {path}",
+            "free some space (or give --receipt on another disk) and run again",
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"cannot write the receipt {path}: {exc.strerror or exc}") from None
 
 
 def schema_errors(receipt: Any) -> list[str]:
@@ -100,9 +130,14 @@ def schema_errors(receipt: Any) -> list[str]:
 
     validator = jsonschema.Draft202012Validator(schema())
     return [
-        f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}"
+        _clip(f"{'/'.join(map(str, error.absolute_path)) or '(top)'}: {error.message}")
         for error in sorted(validator.iter_errors(receipt), key=lambda e: list(e.absolute_path))
     ]
+
+
+def _clip(line: str, width: int = 240) -> str:
+    """jsonschema quotes the offending value whole: a deep or huge one would fill pages."""
+    return line if len(line) <= width else f"{line[: width // 2]} ... {line[-width // 2 :]}"
 
 
 def _logits_comparison(comparison: dict[str, Any]) -> metrics.LogitsComparison:
@@ -154,13 +189,48 @@ def _same(a: Any, b: float) -> bool:
     return math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-12)
 
 
+def _structure_errors(receipt: dict[str, Any]) -> list[str]:
+    """What a receipt must hold before its verdict means anything: every model without an
+    error has one run per input (each prompt, or the ids), and each run evaluates every
+    backend and compares each one after the first with the first. Without this, deleting
+    the runs or comparisons of a failing receipt made it pass."""
+    settings, errors = receipt["settings"], []
+    inputs = [None] if settings["token_ids"] is not None else list(settings["prompts"])
+    specs = [backend["spec"] for backend in receipt["backends"]]
+    pairs = [[specs[0], spec] for spec in specs[1:]]
+    for model in receipt["models"]:
+        name = Path(model["path"]).name
+        if model["error"] is not None:
+            continue
+        if [run["prompt"] for run in model["runs"]] != inputs:
+            errors.append(
+                f"{name}: {len(model['runs'])} runs recorded, but the settings give "
+                f"{len(inputs)} input(s): a run is missing or does not match its prompt"
+            )
+        for index, run in enumerate(model["runs"], 1):
+            compared = [[c["reference"], c["candidate"]] for c in run["comparisons"]]
+            if compared != pairs:
+                errors.append(f"{name}, run {index}: comparisons {compared}, but the "
+                              f"backends give {pairs}")  # fmt: skip
+            if [e["backend"] for e in run["evaluations"]] != specs:
+                errors.append(f"{name}, run {index}: not every backend's evaluation is recorded")
+            for parity in run["tokenization"]:
+                if parity["tokens"] is not None and parity["match"] != (
+                    parity["tokens"] == run["tokens"]
+                ):
+                    errors.append(f"{name}, run {index}: {parity['backend']}'s tokenization "
+                                  f"match={parity['match']} contradicts its ids")  # fmt: skip
+    return errors
+
+
 def verdict_errors(receipt: dict[str, Any]) -> list[str]:
-    """Where the recorded verdicts disagree with what the recorded numbers say."""
-    errors = []
+    """Where the recorded verdicts disagree with what the recorded numbers say, or the
+    receipt lacks the runs and comparisons its settings call for."""
+    errors = _structure_errors(receipt)
     threshold_names = {f.name for f in fields(metrics.Tolerances)}
     any_failed = False
     for model in receipt["models"]:
-        if model["error"]:
+        if model["error"] is not None:
             any_failed = True
             if model["runs"]:
                 errors.append(f"{Path(model['path']).name}: an error and runs both recorded")
@@ -173,13 +243,19 @@ def verdict_errors(receipt: dict[str, Any]) -> list[str]:
                 "thresholds that are not the built-in ones"
             )
         for run in model["runs"]:
+            mismatched = {t["backend"] for t in run["tokenization"] if t["match"] is False}
             for comparison in run["comparisons"]:
                 verdict = comparison["verdict"]
                 expected = _recomputed(comparison, tolerances)
                 errors += _summary_errors(comparison, f"{Path(model['path']).name}")
-                tokenization_failed = any(
+                tokenization_failed = comparison["candidate"] in mismatched
+                if tokenization_failed != any(
                     f["metric"] == "tokenization" for f in verdict["failures"]
-                )
+                ):
+                    errors.append(
+                        f"{Path(model['path']).name} / {comparison['candidate']}: the "
+                        "tokenization failure and the recorded parity disagree"
+                    )
                 passed = expected.passed and not tokenization_failed
                 any_failed |= not passed
                 where = f"{Path(model['path']).name} / {comparison['candidate']}"
@@ -203,11 +279,14 @@ def verdict_errors(receipt: dict[str, Any]) -> list[str]:
     return errors
 
 
+RECEIPT_LIMIT = 256 << 20
+"""The largest receipt verify-receipt reads (2,048 positions of one comparison take
+about 0.5 MB, so this is hundreds of long comparisons)."""
+
+
 def load_receipt(path: Path) -> Any:
-    """The parsed document, or a usage error naming what is wrong with the file."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise UsageError(f"{path} is not JSON: {exc}") from None
+    """The parsed document, or a usage error naming what is wrong with the file: not a
+    regular file (`/dev/zero` never ends), too large, not UTF-8, not JSON, too deep."""
+    from bitnet_xtask.inputs import read_json
+
+    return read_json(path, what="receipt", limit=RECEIPT_LIMIT)

@@ -42,8 +42,9 @@ from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderField, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
+from bitnet_xtask.crossval.gguf_file import I2_S_TYPE_ID, GGUFFile, TensorInfo
 from bitnet_xtask.errors import XtaskError
 
 Floats = npt.NDArray[np.float64]
@@ -52,9 +53,6 @@ RopeType = Literal["norm", "neox"]
 
 ROPE_TYPES: dict[str, RopeType] = {"llama": "norm", "bitnet": "neox"}
 """The architectures the reference implements and their RoPE (llama_model_rope_type)."""
-
-I2_S_TYPE_ID = 36
-"""GGML_TYPE_I2_S in bitnet.cpp's ggml.h; gguf-py has no name for it."""
 
 DEFAULT_WEIGHT_CACHE_BYTES = 2 << 30
 """How many bytes of dequantized float32 weights a model keeps between steps and calls."""
@@ -66,42 +64,9 @@ PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"
 # --- the file -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where a tensor lies in the file, with its ggml type as the raw id."""
-
-    name: str
-    shape: tuple[int, ...]  # NumPy order, rows first: ggml's ne reversed
-    type_id: int
-    offset: int  # absolute, in bytes
-
-
-class GGUFFile(GGUFReader):
-    """gguf.GGUFReader that keeps tensor types as raw ids.
-
-    GGUFReader converts each tensor's type id to `GGMLQuantizationType` and refuses the
-    whole file when one is unknown, which bitnet.cpp's I2_S (36) is. This reader records
-    the tensor infos instead and leaves `tensors` empty; metadata works as in GGUFReader.
-    It overrides GGUFReader's private `_build_tensors` step (checked with gguf-py 0.19).
-    """
-
-    tensor_infos: dict[str, TensorInfo]
-
-    def _build_tensors(self, start_offs: int, fields: list[ReaderField]) -> None:
-        infos: dict[str, TensorInfo] = {}
-        for field in fields:
-            _name_len, name_data, _n_dims, dims, raw_type, offset = field.parts
-            name = bytes(name_data).decode("utf-8")
-            if name in infos:
-                raise ValueError(f"duplicate tensor {name!r}")
-            shape = tuple(int(d) for d in reversed(dims.tolist()))
-            infos[name] = TensorInfo(name, shape, int(raw_type[0]), start_offs + int(offset[0]))
-        self.tensor_infos = infos
-
-    def metadata(self, key: str) -> Any:
-        """The value of a metadata key (a str, number or list), or None when absent."""
-        field = self.get_field(key)
-        return None if field is None else field.contents()
+class ReferenceFile(GGUFFile):
+    """The model file as the reference reads it: the bounded header (`gguf_file`), and
+    each tensor dequantized to float32."""
 
     def dequantize(self, name: str) -> npt.NDArray[np.float32]:
         """Tensor `name` as float32 in NumPy order, whatever its type in the file."""
@@ -171,7 +136,12 @@ def _unsupported(path: Path, what: str) -> XtaskError:
 
 
 def read_hparams(gguf: GGUFFile, path: Path) -> Hparams:
-    """The hyperparameters, with llama.cpp's defaults for the optional keys."""
+    """The hyperparameters, with llama.cpp's defaults for the optional keys.
+
+    Each value is checked for its kind (a count is a whole number >= 1, a real number is
+    finite): the header is the user's file, and a zero head count or a string where a
+    number belongs must be refused by name, not fail as a ZeroDivisionError.
+    """
     arch = gguf.metadata("general.architecture")
     if arch not in ROPE_TYPES:
         raise _unsupported(path, f"architecture {arch!r} is not one the reference implements")
@@ -184,38 +154,62 @@ def read_hparams(gguf: GGUFFile, path: Path) -> Hparams:
             raise _unsupported(path, f"{arch}.{key} varies by layer")
         return default if value is None else value
 
-    if int(scalar("expert_count", 0)) > 0:
+    def count(key: str, default: int | None = None, minimum: int = 1) -> int:
+        value = scalar(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _unsupported(path, f"{arch}.{key} is {value!r}, not a whole number >= {minimum}")
+        return value
+
+    def real(key: str, default: float | None = None) -> float:
+        value = scalar(key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise _unsupported(path, f"{arch}.{key} is {value!r}, not a finite number")
+        return float(value)
+
+    if count("expert_count", 0, minimum=0) > 0:
         raise _unsupported(path, "mixture-of-experts models are not implemented")
-    scaling = str(scalar("rope.scaling.type", "linear"))
+    scaling = scalar("rope.scaling.type", "linear")
     if scaling not in ("none", "linear"):
         raise _unsupported(path, f"RoPE scaling {scaling!r} is not implemented")
-    if "token_embd.weight" not in gguf.tensor_infos:
-        raise _unsupported(path, "the tensor token_embd.weight is missing")
+    embedding = gguf.tensor_infos.get("token_embd.weight")
+    if embedding is None or len(embedding.shape) != 2:
+        raise _unsupported(path, "the tensor token_embd.weight is missing or not a matrix")
 
-    n_embd = int(scalar("embedding_length"))
-    n_head = int(scalar("attention.head_count"))
-    head_dim = int(scalar("attention.key_length", n_embd // n_head))
-    if int(scalar("attention.value_length", head_dim)) != head_dim:
+    n_embd = count("embedding_length")
+    n_head = count("attention.head_count")
+    head_dim = count("attention.key_length", n_embd // n_head)
+    if count("attention.value_length", head_dim) != head_dim:
         raise _unsupported(path, "key and value heads of different sizes are not implemented")
-    n_rot = int(scalar("rope.dimension_count", head_dim))
+    n_head_kv = count("attention.head_count_kv", n_head)
+    if n_head % n_head_kv:
+        raise _unsupported(path, f"{n_head} query heads do not share {n_head_kv} KV heads evenly")
+    n_layer = count("block_count")
+    if n_layer > len(gguf.tensor_infos):  # each layer has nine tensors or more
+        raise _unsupported(path, f"{n_layer} layers, but the file holds only "
+                                 f"{len(gguf.tensor_infos)} tensors")  # fmt: skip
+    n_rot = count("rope.dimension_count", head_dim)
     if n_rot > head_dim or n_rot % 2 or (arch == "llama" and n_rot != head_dim):
         raise _unsupported(path, f"rope.dimension_count {n_rot} does not fit heads of {head_dim}")
-    factor = float(scalar("rope.scaling.factor", 0.0))
+    factor = real("rope.scaling.factor", 0.0)
     return Hparams(
         arch=arch,
-        n_vocab=gguf.tensor_infos["token_embd.weight"].shape[0],
-        n_ctx_train=int(scalar("context_length")),
+        n_vocab=embedding.shape[0],
+        n_ctx_train=count("context_length"),
         n_embd=n_embd,
-        n_layer=int(scalar("block_count")),
+        n_layer=n_layer,
         n_head=n_head,
-        n_head_kv=int(scalar("attention.head_count_kv", n_head)),
+        n_head_kv=n_head_kv,
         head_dim=head_dim,
-        n_ff=int(scalar("feed_forward_length")),
+        n_ff=count("feed_forward_length"),
         n_rot=n_rot,
         rope_type=ROPE_TYPES[arch],
-        rope_freq_base=float(scalar("rope.freq_base", 10000.0)),
+        rope_freq_base=real("rope.freq_base", 10000.0),
         rope_freq_scale=1.0 if factor == 0.0 else 1.0 / factor,
-        rms_eps=float(scalar("attention.layer_norm_rms_epsilon")),
+        rms_eps=real("attention.layer_norm_rms_epsilon"),
     )
 
 
@@ -352,7 +346,10 @@ class ReferenceModel:
     """A llama or bitnet GGUF, evaluated by the reference forward pass."""
 
     def __init__(
-        self, gguf: GGUFFile, hparams: Hparams, weight_cache_bytes: int = DEFAULT_WEIGHT_CACHE_BYTES
+        self,
+        gguf: ReferenceFile,
+        hparams: Hparams,
+        weight_cache_bytes: int = DEFAULT_WEIGHT_CACHE_BYTES,
     ) -> None:
         self.gguf = gguf
         self.hparams = hparams
@@ -447,10 +444,7 @@ def load_model(
     tensors and metadata the two graphs do not account for.
     """
     path = Path(path)
-    try:
-        gguf = GGUFFile(path)
-    except (OSError, ValueError) as e:
-        raise XtaskError(f"cannot read {path} as GGUF: {e}", hint="is it a GGUF file?") from e
+    gguf = ReferenceFile(path)  # refuses, by name, anything but a whole, well-formed GGUF
     hparams = read_hparams(gguf, path)
     _check_tensors(gguf, hparams, path)
     return ReferenceModel(gguf, hparams, weight_cache_bytes)

@@ -18,8 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from bitnet_xtask.crossval import metrics
-from bitnet_xtask.crossval.backends import Backend, BackendError, Evaluation, make_backend
-from bitnet_xtask.crossval.receipt import RECEIPT_KIND, RECEIPT_VERSION, model_facts
+from bitnet_xtask.crossval.backends import (
+    DEFAULT_TIMEOUT,
+    Backend,
+    BackendError,
+    Evaluation,
+    make_backend,
+)
+from bitnet_xtask.crossval.receipt import RECEIPT_KIND, RECEIPT_VERSION, ModelLimits, inspect_model
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.events import NullReporter, Reporter
 
@@ -40,6 +46,7 @@ class CrossvalRequest:
     profile: str | None = None  # strict | quantized | a JSON file; None: from the quant
     top_k: int = metrics.DEFAULT_TOP_K
     threads: int | None = None
+    timeout: float = DEFAULT_TIMEOUT  # seconds per engine call; then its process group is killed
 
 
 def discover_models(root: Path) -> tuple[Path, ...]:
@@ -59,12 +66,70 @@ def tolerances_for(quant: str | None, profile: str | None) -> metrics.Tolerances
         return metrics.tolerance_profile("strict" if quant in STRICT_QUANTS else "quantized")
     if profile in metrics.PROFILES:
         return metrics.tolerance_profile(profile)
-    if not Path(profile).is_file():
+    if not Path(profile).exists():
         raise UsageError(
             f"unknown tolerance profile {profile!r}",
             f"use {', '.join(metrics.PROFILES)} or the path of a JSON file (README: crossval)",
         )
     return metrics.load_tolerances(Path(profile))
+
+
+def _profile_file(profile: str | None) -> metrics.Tolerances | None:
+    """A profile given as a file, read once, up front (None: a built-in one, or none)."""
+    if profile is None or profile in metrics.PROFILES:
+        return None
+    return tolerances_for(None, profile)
+
+
+def context_problem(model: Path, limits: ModelLimits, n_tokens: int, n_predict: int) -> str | None:
+    """Why `n_tokens` ids plus `n_predict` continued ones do not fit the model's context
+    (None when they do, or when the model does not say its context). The harness sizes
+    its context to the sequence, so an unchecked 60,000-token prompt would allocate for
+    60,000 positions; the NumPy reference would build 60,000 x 60,000 attention scores."""
+    n_ctx = limits.context_length
+    if n_ctx is None or n_tokens + n_predict <= n_ctx:
+        return None
+    return (
+        f"{n_tokens} tokens + --n-predict {n_predict} = {n_tokens + n_predict} positions, "
+        f"more than the {n_ctx}-token context of {model.name}"
+    )
+
+
+def prompt_problem(model: Path, limits: ModelLimits, prompt: str, n_predict: int) -> str | None:
+    """Why a prompt surely does not fit, known before it is tokenized: no token covers
+    more bytes of text than the vocabulary's longest token (as stored: SPM writes a space
+    as 3-byte `▁`, a byte token as `<0x41>`), so a prompt longer than
+    (context - n_predict) x that many bytes needs more positions than the context has."""
+    n_ctx, longest = limits.context_length, limits.longest_token_bytes
+    if n_ctx is None or longest is None:
+        return None
+    room = max(n_ctx - n_predict, 0) * longest
+    size = len(prompt.encode("utf-8", "surrogatepass"))
+    if size <= room:
+        return None
+    return (
+        f"a prompt of {size:,} bytes cannot fit the {n_ctx}-token context of "
+        f"{model.name} with --n-predict {n_predict} (at most {room:,} bytes: "
+        f"{max(n_ctx - n_predict, 0)} tokens of at most {longest} bytes)"
+    )
+
+
+def _check_fits(
+    request: CrossvalRequest, inputs: Sequence[str | None], model: Path, limits: ModelLimits
+) -> None:
+    """Refuse, before anything runs, what cannot fit a model's context."""
+    for index, prompt in enumerate(inputs):
+        if prompt is None:
+            n_ids = len(request.token_ids or ())
+            problem = context_problem(model, limits, n_ids, request.n_predict)
+        else:
+            problem = prompt_problem(model, limits, prompt, request.n_predict)
+        if problem:
+            which = "--tokens-file" if prompt is None else f"prompt {index + 1}"
+            raise UsageError(f"{which}: {problem}", CONTEXT_HINT)
+
+
+CONTEXT_HINT = "shorten the prompt or lower --n-predict (the model's context_length is the limit)"
 
 
 def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
@@ -121,6 +186,7 @@ def _tokenize(
 
 def _run_prompt(
     model: Path,
+    limits: ModelLimits,
     prompt: str | None,
     backends: Sequence[Backend],
     request: CrossvalRequest,
@@ -134,6 +200,8 @@ def _run_prompt(
         tokens = list(request.token_ids or ())
     else:
         tokens, tokenization = _tokenize(model, prompt, backends, workdir)
+        if problem := context_problem(model, limits, len(tokens), request.n_predict):
+            raise UsageError(f"the prompt {prompt[:40]!r}...: {problem}", CONTEXT_HINT)
     evaluations: list[Evaluation] = []
     for index, backend in enumerate(backends):
         reporter.info(f"  {backend.spec}: evaluating {len(tokens)} tokens")
@@ -178,22 +246,28 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
         )
     if not request.models:
         raise UsageError("no models to compare")
-    backends = [make_backend(spec, request.threads) for spec in request.backends]
+    backends = [make_backend(spec, request.threads, request.timeout) for spec in request.backends]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     inputs: Sequence[str | None] = request.prompts if request.token_ids is None else [None]
+    # Everything that can be refused is refused before the first engine runs.
+    profile = _profile_file(request.profile)
+    inspected = [inspect_model(model) for model in request.models]
+    for model, (_facts, limits) in zip(request.models, inspected, strict=True):
+        _check_fits(request, inputs, model, limits)
     workdir = Path(tempfile.mkdtemp(prefix="xtask-crossval-"))
     models = []
     try:
-        for model_index, model in enumerate(request.models):
-            facts = model_facts(model)
-            tolerances = tolerances_for(facts["quant"], request.profile)
+        for model_index, (model, (facts, limits)) in enumerate(
+            zip(request.models, inspected, strict=True)
+        ):
+            tolerances = profile or tolerances_for(facts["quant"], request.profile)
             reporter.info(
                 f"{model.name} ({facts['quant'] or 'unknown quant'}, profile {tolerances.name})"
             )
             entry = {**facts, "tolerances": tolerances.to_dict(), "runs": [], "error": None}
             try:
                 entry["runs"] = [
-                    _run_prompt(model, prompt, backends, request, tolerances,
+                    _run_prompt(model, limits, prompt, backends, request, tolerances,
                                 workdir / f"m{model_index}" / f"p{i}", reporter)
                     for i, prompt in enumerate(inputs)
                 ]  # fmt: skip
@@ -201,7 +275,7 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
                 # One model an engine cannot run (say i2_s in upstream llama.cpp) fails
                 # that model, not the whole run: the others are still compared.
                 reporter.info(f"  {model.name}: {exc.message}")
-                entry["error"] = exc.message
+                entry["error"] = exc.message or "the backend failed"
             models.append(entry)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -218,7 +292,7 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
         {"metric": "backend_error", "value": None, "bound": "max", "threshold": 0.0,
          "position": None, "excess": None, "message": f"{Path(m['path']).name}: {m['error']}"}
         for m in models
-        if m["error"]
+        if m["error"] is not None
     ]  # fmt: skip
     return {
         "kind": RECEIPT_KIND,

@@ -43,8 +43,15 @@ class Mounts:
         if fill is not None:
             fill(path)
         if read_only:
-            subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+            self.remount(path, read_only=True)
         return path
+
+    @staticmethod
+    def remount(path: Path, *, read_only: bool) -> None:
+        """Make a tmpfs this test mounted read-only or writable again."""
+        subprocess.run(
+            ["mount", "-o", f"remount,{'ro' if read_only else 'rw'}", str(path)], check=True
+        )
 
     def unmount_all(self) -> None:
         for path in reversed(self._mounted):

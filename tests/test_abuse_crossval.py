@@ -18,12 +18,13 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Xtask, wait_for
+from mounts import Mounts
 
 from bitnet_xtask.crossval.reference import load_model
 from bitnet_xtask.errors import XtaskError
@@ -583,74 +584,55 @@ def test_15_deleting_what_failed_does_not_make_a_receipt_verify(
 # --- #20 and #14: a full disk, a read-only directory (real mounts, root only) --------------
 
 
-@contextlib.contextmanager
-def tmpfs(where: Path, *options: str) -> Iterator[Path]:
-    if not IS_ROOT:
-        pytest.skip(NOT_ROOT)
-    where.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs",
-                              str(where)], capture_output=True, text=True, check=False)  # fmt: skip
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def remount(where: Path, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(where)], check=True)
-
-
 TINY_MODEL_BYTES = 5_520_416  # llama-tiny-f32: 1,348 pages of 4 KiB
 
 
 @pytest.mark.parametrize(("size", "full_at"), [("1m", ".gguf"), ("5521408", ".json")])
 def test_20_gen_fixtures_on_a_full_disk_exits_10_with_the_errno_text(
-    xtask: Xtask, tmp_path: Path, size: str, full_at: str
+    xtask: Xtask, tmp_path: Path, mounts: Mounts, size: str, full_at: str
 ) -> None:
-    with tmpfs(tmp_path / "small", f"size={size}") as disk:
-        run = xtask.run("gen-fixtures", "--output", str(disk))
-        assert run.code == 10, run.stderr
-        assert f"seed0{full_at}: No space left on device" in run.stderr, run.stderr
-        assert "None" not in run.stderr and no_traceback(run.stderr)
-        left = sorted(p.name for p in disk.iterdir())
-        assert not [name for name in left if name.endswith(".tmp")], left
-        assert left == ([] if full_at == ".gguf" else ["llama-tiny-f32-seed0.gguf"])
+    disk = mounts.tmpfs(tmp_path / "small", size)
+    run = xtask.run("gen-fixtures", "--output", str(disk))
+    assert run.code == 10, run.stderr
+    assert f"seed0{full_at}: No space left on device" in run.stderr, run.stderr
+    assert "None" not in run.stderr and no_traceback(run.stderr)
+    left = sorted(p.name for p in disk.iterdir())
+    assert not [name for name in left if name.endswith(".tmp")], left
+    assert left == ([] if full_at == ".gguf" else ["llama-tiny-f32-seed0.gguf"])
 
 
 def test_20_a_receipt_on_a_full_disk_exits_10_with_a_receipt_hint(
-    xtask: Xtask, model: Path, ids: Path, tmp_path: Path
+    xtask: Xtask, model: Path, ids: Path, tmp_path: Path, mounts: Mounts
 ) -> None:
-    with tmpfs(tmp_path / "small", "size=4k") as disk:
-        run = crossval(xtask, model, "--tokens-file", str(ids), "--backend", "numpy",
-                       "--backend", engine(), "--receipt", str(disk / "r.json"))  # fmt: skip
-        assert run.code == 10, run.stderr
-        assert "disk full while writing the receipt" in run.stderr
-        assert "download" not in run.stderr
-        assert list(disk.iterdir()) == []
+    disk = mounts.tmpfs(tmp_path / "small", "4k")
+    run = crossval(xtask, model, "--tokens-file", str(ids), "--backend", "numpy",
+                   "--backend", engine(), "--receipt", str(disk / "r.json"))  # fmt: skip
+    assert run.code == 10, run.stderr
+    assert "disk full while writing the receipt" in run.stderr
+    assert "download" not in run.stderr
+    assert list(disk.iterdir()) == []
 
 
 def test_14_full_crossval_with_a_read_only_fixtures_dir(
-    llama_bin: Path, xtask: Xtask, tmp_path: Path
+    llama_bin: Path, xtask: Xtask, tmp_path: Path, mounts: Mounts
 ) -> None:
     """Nothing to reuse: exit 2, named; the fixture already there: used, nothing written."""
     backends: tuple[str, ...] = ()  # the reference named by the variable, and numpy
     env = xtask.env(XTASK_CPP_PREFIX_LLAMA_CPP=str(llama_bin.parent))  # step 2: no build
-    with tmpfs(tmp_path / "ro", "ro", "size=16m") as fixtures:
-        run = xtask.run("full-crossval", "--fixtures-dir", str(fixtures), *backends,
-                        "--receipt", str(tmp_path / "r.json"), env=env, timeout=60)  # fmt: skip
-        assert run.code == 2, run.stderr
-        assert "step 1/3 (model) failed: cannot write fixtures" in run.stderr
-        assert "Read-only file system" in run.stderr and "--fixtures-dir" in run.stderr
-        assert no_traceback(run.stderr)
-        remount(fixtures, "rw")
-        generate_fixture("tiny", "llama", "f32", 0, fixtures)
-        remount(fixtures, "ro")
-        run = xtask.run("full-crossval", "--fixtures-dir", str(fixtures), *backends,
-                        "--receipt", str(tmp_path / "r.json"), env=env, timeout=60)  # fmt: skip
-        assert run.code == 0, run.stderr
-        assert "is up to date" in run.stderr
+    fixtures = mounts.tmpfs(tmp_path / "ro", "16m", read_only=True)
+    run = xtask.run("full-crossval", "--fixtures-dir", str(fixtures), *backends,
+                    "--receipt", str(tmp_path / "r.json"), env=env, timeout=60)  # fmt: skip
+    assert run.code == 2, run.stderr
+    assert "step 1/3 (model) failed: cannot write fixtures" in run.stderr
+    assert "Read-only file system" in run.stderr and "--fixtures-dir" in run.stderr
+    assert no_traceback(run.stderr)
+    mounts.remount(fixtures, read_only=False)
+    generate_fixture("tiny", "llama", "f32", 0, fixtures)
+    mounts.remount(fixtures, read_only=True)
+    run = xtask.run("full-crossval", "--fixtures-dir", str(fixtures), *backends,
+                    "--receipt", str(tmp_path / "r.json"), env=env, timeout=60)  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert "is up to date" in run.stderr
 
 
 # --- #22: nothing left behind by a run that failed before writing --------------------------

@@ -256,6 +256,41 @@ def test_a_lock_taken_between_listing_and_removal_refuses_and_changes_nothing(
         assert flock_holders(stale) == set() and flock_holders(flake) == set()
 
 
+@pytest.mark.parametrize("late", ["locked", "swapped"])
+def test_a_refusal_of_a_later_entry_removes_none_of_the_earlier_ones(
+    box: dict[str, Path], monkeypatch: pytest.MonkeyPatch, late: str
+) -> None:
+    """All or nothing: the models folder and a build are selected, then the build is
+    locked by a live process (or swapped for another folder) after the listing. The
+    refusal (exit 2, "nothing was removed") must be true: the models folder, judged
+    first, is still there, byte for byte, and no lock is left held or created."""
+    monkeypatch.chdir(box["work"])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(box["xdg"]))
+    monkeypatch.setenv("HOME", str(box["home"]))
+    models = box["work"] / "models"
+    (models / "org-model" / "m.gguf.lock").write_text('{"pid": 1, "host": "h", "since": "then"}')
+    entries = cache_entries(Path("models"), Path("crossval/fixtures"))
+    chosen = [e for e in entries if e.path in (Path("models"), box["build"])]
+    assert [e.path for e in chosen] == [Path("models"), box["build"]]  # models goes first
+    assert all(e.removable for e in chosen)
+    before = tree(models)
+    if late == "swapped":
+        box["build"].rename(box["tmp"] / "old-build")
+        (box["build"] / "bin").mkdir(parents=True)
+        with pytest.raises(UsageError, match="changed since it was listed") as caught:
+            remove_entries(chosen, entries)
+    else:
+        with (
+            held(box["build"] / "z.lock"),
+            pytest.raises(UsageError, match="it is in use") as caught,
+        ):
+            remove_entries(chosen, entries)
+    assert caught.value.hint is not None and caught.value.hint.startswith("nothing was removed")
+    assert tree(models) == before
+    assert flock_holders(models / "org-model" / "m.gguf.lock") == set()
+    assert not (box["build"] / ".lock").exists()
+
+
 def test_a_real_running_download_is_not_pulled_from_under_its_feet(
     xtask: Xtask, box: dict[str, Path], hf: HFTestServer
 ) -> None:

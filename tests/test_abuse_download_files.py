@@ -17,8 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -391,6 +394,50 @@ def test_a_sigkill_before_the_first_periodic_checkpoint_loses_little(
     assert xtask.target("big.bin").read_bytes() == big
 
 
+# -- review: a folder download-model created is tagged even when the download fails ------------
+
+
+def clean_cache_would_remove(xtask: Xtask, folder: Path) -> bool:
+    run = xtask.run(
+        "clean-cache", "--models", str(folder), "--dry-run", "--json", cwd=xtask.workdir
+    )
+    assert run.code in (0, 2) and "Traceback" not in run.stderr, run.stderr
+    entry = next(e for e in run.events() if e.get("path") == str(folder))
+    return run.code == 0 and bool(entry["removable"])
+
+
+@pytest.mark.parametrize("how", ["interrupted", "failed"])
+def test_a_new_out_is_tagged_even_when_its_first_download_does_not_finish(
+    served: HFTestServer, xtask: Xtask, how: str
+) -> None:
+    """The `.part` (and its state) stay, so the folder stays: it is xtask's and must carry
+    the `CACHEDIR.TAG`, or clean-cache refuses it forever. Interrupted is a real SIGINT
+    (exit 130); failed is a connection the server cuts mid-body on every try (exit 14)."""
+    assert not xtask.out.exists()
+    part = xtask.target(NAME + ".part")
+    if how == "interrupted":
+        # Fast slices of a big file: the SIGINT is seen within one read, not one of 64 KiB
+        # trickling in at a few KiB/s.
+        served.add_file(REPO, NAME, payload(8 * MIB, seed=45))
+        served.set_faults(REPO, NAME, Faults(rate_limit=256 << 10))  # ~30 s
+        proc = xtask.start(*xtask.download_args(served.hub_url, "--file", NAME))
+        try:
+            wait_for(lambda: part.exists() and part.stat().st_size > 0, 60, "bytes in .part")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(20) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=10)
+    else:
+        served.set_faults(REPO, NAME, Faults(drop_at=[100_000] * 8))
+        run = xtask.download(served.hub_url, "--file", NAME, "--retries", "0", "--connections", "1")
+        clean(run, 14)
+    assert part.exists()
+    assert (xtask.out / "CACHEDIR.TAG").is_file()  # --out was made from nothing
+    assert clean_cache_would_remove(xtask, xtask.out)
+
+
 # -- #7, #12, #21: manifests ---------------------------------------------------------------------
 
 
@@ -472,6 +519,44 @@ def test_a_good_json_manifest_still_downloads_with_its_hashes(
 
 
 # -- siblings: huggingface_hub's files we read -------------------------------------------------
+
+
+def as_user_without_dac(argv: list[str], env: dict[str, str]) -> Run:
+    """Run `argv` so that permission bits bind: as root, with CAP_DAC_OVERRIDE and
+    CAP_DAC_READ_SEARCH dropped (capsh), else as this user."""
+    if os.geteuid() == 0:
+        if shutil.which("capsh") is None:
+            pytest.skip("capsh is not installed: root cannot be made to respect mode bits")
+        command = " ".join(shlex.quote(a) for a in argv)
+        argv = ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", command]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=False)
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize("dry", [False, True])
+@pytest.mark.parametrize("kind", ["unreadable", "directory"])
+def test_a_token_file_that_cannot_be_read_is_no_token_not_a_refusal(
+    served: HFTestServer, xtask: Xtask, tmp_path: Path, kind: str, dry: bool
+) -> None:
+    """Another user's token file (mode 000) or a directory at its path must not stop a
+    public download (or its --dry-run): no token, a warning, exit 0."""
+    token = tmp_path / "token"
+    if kind == "directory":
+        token.mkdir()
+    else:
+        token.write_text("hf_secret\n")
+        token.chmod(0)
+    env = xtask.env(HF_TOKEN_PATH=str(token))
+    argv = xtask.argv(
+        xtask.download_args(served.hub_url, "--file", NAME, *(["--dry-run"] if dry else []))
+    )
+    run = as_user_without_dac(argv, env)
+    assert run.code == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert f"token file {token} ignored" in run.stderr
+    assert all("authorization" not in {k.lower() for k in r.headers} for r in served.requests)
+    if not dry:
+        assert xtask.target(NAME).read_bytes() == DATA
 
 
 def test_a_token_file_that_is_a_fifo_or_device_is_refused_not_read(

@@ -28,7 +28,9 @@ only ask (a shared flock tried and dropped: nothing is written or created); the 
 takes every such lock itself, now or never, and holds it until the folder is gone (and a
 fetch-cpp build's `.lock` even when there was none), so a download or build that starts
 meanwhile waits instead of writing into a folder being removed. The lock files go last,
-so they guard the folder until the end.
+so they guard the folder until the end. All or nothing: every selected folder is judged
+again and its locks taken before the first one is removed, so a refusal (exit 2) leaves
+every one of them as it was.
 """
 
 from __future__ import annotations
@@ -374,10 +376,12 @@ def _is_build(folder: Path) -> bool:
     return folder.resolve().parent == cpp_cache_root().resolve()
 
 
-def _take_locks(folder: Path) -> list[tuple[FileLock, bool]]:
+def _take_locks(folder: Path, mine: set[Path]) -> list[tuple[FileLock, bool]]:
     """Take every lock in `folder`, now or never, plus a fetch-cpp build's `.lock` (created
-    if absent): the locks and whether we created each. A live holder is a refusal (exit 2,
-    nothing removed, the locks taken so far let go untouched)."""
+    if absent): the locks and whether we created each. Those in `mine` (resolved paths,
+    taken already for another selected entry) are skipped, and those taken are added to
+    it. A live holder is a refusal (exit 2, nothing removed, the locks taken so far let go
+    untouched)."""
     from bitnet_xtask.download.store import FileLock
 
     taken: list[tuple[FileLock, bool]] = []
@@ -388,9 +392,12 @@ def _take_locks(folder: Path) -> list[tuple[FileLock, bool]]:
         wanted.insert(0, (top, True))
     try:
         for path, create in wanted:
+            if path.resolve() in mine:
+                continue
             lock = FileLock(path, timeout=0)
             if lock.try_take(create=create):
                 taken.append((lock, create))
+                mine.add(path.resolve())
     except XtaskError as exc:
         _let_go(taken)
         reason = (
@@ -507,12 +514,32 @@ def check_selection(selected: Iterable[CacheEntry], known: list[CacheEntry]) -> 
     return chosen
 
 
-def _remove(entry: CacheEntry) -> None:
+CHANGED = "it changed since it was listed"
+
+
+def _refuse(entry: CacheEntry, reason: str) -> UsageError:
+    return UsageError(f"refusing to delete {entry.path}: {reason}", refusal_hint(reason))
+
+
+def _claim(entry: CacheEntry, mine: set[Path]) -> list[tuple[FileLock, bool]]:
+    """Judge `entry` again and take its locks (none for a link), or refuse (exit 2) with
+    nothing taken: no writer can start in it from here until the locks are let go."""
     reason = _place_refusal(entry.path)
     if reason is None and _identity(entry.path) != entry.identity:
-        reason = "it changed since it was listed"
+        reason = CHANGED
     if reason is not None:
-        raise UsageError(f"refusing to delete {entry.path}: {reason}")
+        raise _refuse(entry, reason)
+    if entry.is_link:
+        return []
+    taken = _take_locks(entry.path, mine)
+    if _identity(entry.path) != entry.identity:  # again, now that no writer can start
+        _let_go(taken)
+        raise _refuse(entry, CHANGED)
+    return taken
+
+
+def _remove(entry: CacheEntry, taken: list[tuple[FileLock, bool]]) -> None:
+    """Delete a claimed entry (its locks held by the caller, who lets them go)."""
     failures: list[str] = []
 
     def note(path: str, error: BaseException) -> None:
@@ -525,16 +552,10 @@ def _remove(entry: CacheEntry) -> None:
             return
         except OSError as exc:
             failures.append(f"{entry.path}: {exc.strerror}")
-    else:
-        taken = _take_locks(entry.path)  # held until the folder is gone
-        try:
-            if _identity(entry.path) != entry.identity:  # again, now that no writer can start
-                raise UsageError(f"refusing to delete {entry.path}: it changed since it was listed")
-            if taken:
-                _clear_except(entry.path, {_identity(lock.path) for lock, _ in taken})
-            _rmtree(entry.path, note)
-        finally:
-            _let_go(taken)
+    elif entry.path.is_symlink() or entry.path.exists():  # gone with an enclosing entry
+        if taken:
+            _clear_except(entry.path, {_identity(lock.path) for lock, _ in taken})
+        _rmtree(entry.path, note)
     if failures:
         more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
         raise RemoveError(
@@ -553,9 +574,20 @@ def _rmtree(path: Path, note: Callable[[str, BaseException], None]) -> None:
 
 def remove_entries(selected: Iterable[CacheEntry], known: list[CacheEntry]) -> list[CacheEntry]:
     """Delete exactly the selected entries, each of which must be one we listed and one
-    `refusal()` allows, judged again just before it goes."""
-    removed = []
-    for entry in check_selection(selected, known):
-        _remove(entry)
-        removed.append(entry)
-    return removed
+    `refusal()` allows. All or nothing: every entry is judged again and every lock in
+    every one taken before the first is removed, so a refusal (exit 2) removes nothing;
+    the locks are held until the removals are done."""
+    chosen = check_selection(selected, known)
+    claimed: list[list[tuple[FileLock, bool]]] = []
+    mine: set[Path] = set()
+    try:
+        for entry in chosen:
+            claimed.append(_claim(entry, mine))
+        removed = []
+        for entry, taken in zip(chosen, claimed, strict=True):
+            _remove(entry, taken)
+            removed.append(entry)
+        return removed
+    finally:
+        for taken in reversed(claimed):
+            _let_go(taken)

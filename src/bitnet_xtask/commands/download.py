@@ -116,7 +116,7 @@ def download_model_command(
             use_hf_cache=not no_hf_cache,
         )
         if dry_run:
-            for plan in plan_download(specs, options):
+            for plan in plan_download(specs, options, reporter):
                 reporter.emit(
                     {
                         "phase": "plan",

@@ -214,7 +214,7 @@ def _client(options: DownloadOptions, reporter: Reporter, source: str | None = N
     given = options.base_url is not None  # `--base-url ''` is refused, not huggingface.co
     return HubClient(
         options.base_url if options.base_url is not None else default_base_url(),
-        options.token if options.token is not None else hf_cache.find_token(),
+        options.token if options.token is not None else hf_cache.find_token(reporter.info),
         connect_timeout=options.timeout,
         stall_timeout=options.stall_timeout,
         debug=reporter.debug,
@@ -563,7 +563,9 @@ def _save_quietly(part: PartFile) -> None:
 
 
 def _download_one(job: _Job) -> DownloadResult:
-    """Run one file's download; a directory it created is removed again if left empty."""
+    """Run one file's download; a directory it created is removed again if left empty,
+    and one that stays is tagged as ours, whatever the outcome: a failed, interrupted or
+    out-of-space download keeps its `.part` there, and clean-cache may remove it."""
     check_destination(job.target)
     created = [p for p in (job.target.directory, *job.target.directory.parents) if not p.exists()]
     try:
@@ -571,13 +573,12 @@ def _download_one(job: _Job) -> DownloadResult:
     except OSError as exc:
         raise fs_error(exc, job.target.directory) from None
     try:
-        result = _download_locked(job)
+        return _download_locked(job)
     finally:
         for directory in created:  # deepest first
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only succeeds when empty
-    tag_created(created, job.options.out)  # made by us: clean-cache may remove it
-    return result
+        tag_created([p for p in created if p.is_dir()], job.options.out)  # made by us
 
 
 def _download_locked(job: _Job) -> DownloadResult:
@@ -686,11 +687,14 @@ def download_url(
 
 
 def plan_download(
-    files: Sequence[FileSpec], options: DownloadOptions | None = None
+    files: Sequence[FileSpec],
+    options: DownloadOptions | None = None,
+    reporter: Reporter | None = None,
 ) -> list[DownloadPlan]:
-    """What a download would do (`--dry-run`): asks the server, writes nothing."""
+    """What a download would do (`--dry-run`): asks the server, writes nothing; `reporter`
+    gets the lines a download would print before its first request (a token file ignored)."""
     options = options or DownloadOptions()
-    client = _client(options, NullReporter())
+    client = _client(options, reporter or NullReporter())
     jobs = [_job(spec, options, client, NullReporter()) for spec in files]
     for job in jobs:  # what the download would refuse, the plan refuses too
         check_destination(job.target)

@@ -10,6 +10,8 @@ sha256, so a blob can be trusted after hashing it; we never adopt one on its nam
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from bitnet_xtask.inputs import read_text
@@ -28,19 +30,34 @@ def hf_home() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "huggingface"
 
 
-def find_token() -> str | None:
+def find_token(warn: Callable[[str], None] | None = None) -> str | None:
     """`HF_TOKEN`, else the token file huggingface_hub's `hf auth login` writes.
 
-    A missing token file means no token. One that is a FIFO, a device or far too large is
-    refused (exit 2) rather than read: `HF_TOKEN_PATH=/dev/zero` would never end, a FIFO
-    would block every download forever.
+    A missing token file means no token, and so does one this user cannot read (another
+    user's, mode 000) or a directory at its path: a public repo needs none, so the
+    download goes on without one, with a line through `warn`. One that is a FIFO, a
+    device or far too large is refused (exit 2) rather than read: `HF_TOKEN_PATH=/dev/zero`
+    would never end, a FIFO would block every download forever.
     """
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         if token := os.environ.get(name, "").strip():
             return token
     path = os.environ.get("HF_TOKEN_PATH")
     token_file = Path(path) if path else hf_home() / "token"
-    if not token_file.exists():
+    unusable = None
+    try:
+        info = token_file.stat()
+        if stat.S_ISDIR(info.st_mode):
+            unusable = "it is a directory"
+        elif stat.S_ISREG(info.st_mode):  # only a regular file: opening a FIFO may block
+            os.close(os.open(token_file, os.O_RDONLY | os.O_NONBLOCK))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        unusable = f"it cannot be read ({exc.strerror})"
+    if unusable is not None:
+        if warn is not None:
+            warn(f"warning: token file {token_file} ignored ({unusable}); going on without a token")
         return None
     return read_text(token_file, what="token file", limit=SMALL_FILE_LIMIT).strip() or None
 

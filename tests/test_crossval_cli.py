@@ -352,11 +352,11 @@ def test_invalid_fixture_combinations_write_nothing(xtask: Xtask, tmp_path: Path
 
 
 def test_an_i2_s_model_without_metadata_is_read_from_its_header(tmp_path: Path) -> None:
-    from bitnet_xtask.crossval.receipt import model_facts
+    from bitnet_xtask.crossval.receipt import inspect_model
 
     fixture = generate_fixture("tiny", "bitnet", "i2_s", 0, tmp_path)
     fixture.metadata.unlink()
-    facts = model_facts(fixture.model)
+    facts, _ = inspect_model(fixture.model)
     assert (facts["arch"], facts["quant"], facts["metadata"]) == ("bitnet", "i2_s", None)
     assert facts["sha256"] == fixture.sha256
 

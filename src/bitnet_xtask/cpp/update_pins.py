@@ -287,7 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         sys.stdout.write(text)
     else:
-        atomic_write_text(args.pins, text)
+        try:
+            atomic_write_text(args.pins, text)
+        except XtaskError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
     print(summary, file=sys.stderr)
     return ExitCode.OK
 

@@ -79,7 +79,11 @@ class LogitsFile:
         if step != 1:
             raise IndexError("LogitsFile reads contiguous blocks of rows only")
         count = max(0, stop - start)
-        with self.path.open("rb") as handle:
+        # Through the same checked open as the constructors: the path is opened again for
+        # every block, and a FIFO or device swapped in since must not block or feed us.
+        with _open(self.path) as handle:
             handle.seek(self.offset + start * self.shape[1] * self.dtype.itemsize)
             block = np.fromfile(handle, dtype=self.dtype, count=count * self.shape[1])
+        if block.size != count * self.shape[1]:
+            raise ValueError(f"{self.path} is shorter than {self.shape[0]} rows: it changed")
         return block.reshape(count, self.shape[1])

@@ -20,7 +20,7 @@ import numpy as np
 from bitnet_xtask.crossval import metrics
 from bitnet_xtask.crossval.gguf_file import GGUFFile
 from bitnet_xtask.download.store import atomic_write_text, hash_file, refuse_unless_replaceable
-from bitnet_xtask.errors import NoSpaceError, UsageError
+from bitnet_xtask.errors import NoSpaceError, UsageError, XtaskError
 
 RECEIPT_KIND = "bitnet-xtask/crossval-receipt"
 RECEIPT_VERSION = 1
@@ -65,7 +65,9 @@ def _sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def inspect_model(model: Path) -> tuple[dict[str, Any], ModelLimits]:
-    """The receipt's facts about a model (`model_facts`) and its input limits.
+    """What the receipt says about a model (path, sha256, size, arch, quant and metadata:
+    gen-fixtures' JSON beside the model when there is one, else the GGUF header's) and
+    its input limits.
 
     The GGUF header is always read, sidecar or not: a model that is not a regular file,
     whose header is corrupt or whose tensors run past its end is refused here (exit 2),
@@ -86,12 +88,6 @@ def inspect_model(model: Path) -> tuple[dict[str, Any], ModelLimits]:
         "metadata": metadata,
     }
     return facts, ModelLimits(reader.context_length(), reader.longest_token_bytes())
-
-
-def model_facts(model: Path) -> dict[str, Any]:
-    """What the receipt says about a model: path, sha256, size and metadata (gen-fixtures'
-    JSON beside the model when there is one, else the GGUF header's)."""
-    return inspect_model(model)[0]
 
 
 def _json_safe(value: Any) -> Any:
@@ -120,8 +116,10 @@ def write_receipt(path: Path, receipt: dict[str, Any]) -> None:
             f"disk full while writing the receipt {path}",
             "free some space (or give --receipt on another disk) and run again",
         ) from None
-    except OSError as exc:
-        raise UsageError(f"cannot write the receipt {path}: {exc.strerror or exc}") from None
+    except (OSError, XtaskError) as exc:  # mkdir's OSError, or atomic_write_text's
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        why = (cause.strerror or cause) if isinstance(cause, OSError) else exc
+        raise UsageError(f"cannot write the receipt {path}: {why}") from None
 
 
 def schema_errors(receipt: Any) -> list[str]:

@@ -245,9 +245,14 @@ class Response:
         size: int | None = None
         if (linked := self.hub_headers.get("x-linked-size")) is not None:
             size = parse_size(linked, "X-Linked-Size", where)
-        elif self.raw.status_code == 206 and (
-            span := parse_content_range(headers.get("content-range"))
-        ):
+        elif self.raw.status_code == 206 and (value := headers.get("content-range")):
+            if (span := parse_content_range(value)) is None:
+                # Unchecked, the size would be unknown: no space check, no bound on the body.
+                raise NetworkError(
+                    f"protocol error: Content-Range '{printable(value, 60)}' from {where} is "
+                    "not a byte range of a file of at most 2^50 bytes",
+                    BROKEN_SERVER,
+                )
             size = span.total
         elif self.raw.status_code == 200 and headers.get("content-length") is not None:
             size = parse_size(headers["content-length"], "Content-Length", where)

@@ -196,7 +196,10 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Temp file, fsync, rename, fsync the directory: readers see old or new, never half.
     Only an absent path or a regular file is ever replaced (`refuse_unless_replaceable`);
     the temp file is created afresh (`O_EXCL | O_NOFOLLOW`), so a link planted at its
-    name is never written through."""
+    name is never written through. Every OSError is an `XtaskError` in words that fit
+    any caller (`fs_error`): a full disk is `NoSpaceError` (exit 10), a read-only or
+    unwritable directory or a too-long name `UsageError` (exit 2); a caller with a more
+    specific hint catches and rewraps it (`write_state`, `crossval.receipt`)."""
     refuse_unless_replaceable(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -209,9 +212,9 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(handle.fileno())
         tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise_if_no_space(exc, path.parent)
-        raise
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise fs_error(exc, path) from exc  # the cause: for a caller's own words
     fsync_dir(path.parent)
 
 
@@ -281,14 +284,20 @@ def read_metadata(path: Path, note: Note | None = None) -> str | None:
     return value
 
 
-def fs_error(exc: OSError, path: Path) -> XtaskError:
+#: What to do about a full disk, in words that fit every command.
+NO_SPACE_HINT = "free some space and run the same command again"
+#: The same for a download, whose partial file is kept (`raise_if_no_space`, `write_state`).
+DOWNLOAD_NO_SPACE_HINT = (
+    "free some space (or use --out on a larger disk) and run the same command "
+    "again: the partial download was kept and will resume"
+)
+
+
+def fs_error(exc: OSError, path: Path, space_hint: str = NO_SPACE_HINT) -> XtaskError:
     """An OSError on one of our files, as the documented error a user can act on."""
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return NoSpaceError(
-            f"disk full while writing {path}",
-            "free some space (or use --out on a larger disk) and run the same command again",
-        )
+        return NoSpaceError(f"disk full while writing {path}", space_hint)
     if exc.errno == errno.ELOOP:
         return UsageError(
             f"refusing to use {path}: it is a symbolic link", "remove it and run again"
@@ -440,13 +449,10 @@ def remove(*paths: Path) -> None:
 
 
 def raise_if_no_space(exc: OSError, where: Path) -> None:
-    """Turn ENOSPC/EDQUOT into the documented exit 10."""
+    """Turn ENOSPC/EDQUOT during a download into the documented exit 10 (the hint says
+    the partial download is kept: only download code calls this)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise NoSpaceError(
-            f"disk full while writing in {where}",
-            "free some space (or use --out on a larger disk) and run the same command "
-            "again: the partial download was kept and will resume",
-        ) from None
+        raise NoSpaceError(f"disk full while writing in {where}", DOWNLOAD_NO_SPACE_HINT) from None
 
 
 def free_bytes(directory: Path) -> int:
@@ -612,7 +618,7 @@ def write_state(path: Path, text: str) -> None:
         try:
             fd = open_regular(path, write=True)
         except FileNotFoundError:
-            raise full from None
+            raise NoSpaceError(full.message, DOWNLOAD_NO_SPACE_HINT) from None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.truncate()

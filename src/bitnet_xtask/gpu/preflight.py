@@ -63,14 +63,6 @@ def _head(path: Path) -> bytes:
         os.close(fd)
 
 
-def is_elf(path: Path) -> bool:
-    """A regular file that starts with the ELF magic (cheap filter before pyelftools)."""
-    try:
-        return _head(path) == _ELF_MAGIC
-    except OSError:
-        return False
-
-
 def _unreadable(path: Path, exc: OSError) -> UsageError:
     return UsageError(
         f"cannot read {path} while scanning for binaries: {exc.strerror}",

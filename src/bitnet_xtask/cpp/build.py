@@ -491,9 +491,10 @@ def _generate(request: BuildRequest, tree: Path) -> None:
             bitnet_kernels.generate_kernels(tree, request.kernel, replace=not request.source)
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
-        except OSError as exc:  # a read-only --source checkout, say
+        except (OSError, UsageError) as exc:  # a read-only --source checkout, say
+            reason = exc.strerror if isinstance(exc, OSError) else exc.message
             raise UsageError(
-                f"cannot write bitnet.cpp's generated kernel code into {tree}: {exc.strerror}",
+                f"cannot write bitnet.cpp's generated kernel code into {tree} ({reason})",
                 "give --source a writable checkout",
             ) from None
 

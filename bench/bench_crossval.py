@@ -39,12 +39,13 @@ N_POSITIONS, N_VOCAB = 2048, 32000
 RSS_PROBE = """
 import json, sys
 from pathlib import Path
-from bitnet_xtask.crossval.runner import CrossvalRequest, run_crossval
+from bitnet_xtask.crossval.request import CrossvalRequest
+from bitnet_xtask.crossval.runner import run_crossval
 model, a, b, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 request = CrossvalRequest((Path(model),), (a, b), token_ids=tuple(range(n)), n_predict=1)
-receipt = run_crossval(request)
+result = run_crossval(request)
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"vmhwm_kib": int(hwm.split()[1]), "passed": receipt["verdict"]["passed"]}))
+print(json.dumps({"vmhwm_kib": int(hwm.split()[1]), "passed": result.passed}))
 """
 
 
@@ -62,6 +63,72 @@ def verdict(value: float, target: float) -> str:
     return "ok" if value <= target else "MISS"
 
 
+def tiny_end_to_end(tiny: Path, harness: str, runs: int, work: Path) -> dict[str, float]:
+    """A: full-crossval on the tiny fixture, next to the harness alone and a bare Python."""
+    xtask = [sys.executable, "-m", "bitnet_xtask"]
+    peers = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "xtask-logits alone (tiny)": [harness, "--model", str(tiny), "--prompt", "Hello",
+                                      "--out", str(work / "h"), "--n-predict", "8"],
+        "full-crossval --fixture tiny": [*xtask, "full-crossval", "--fixture", "tiny",
+                                         "--receipt", str(work / "r.json")],
+    }  # fmt: skip
+    results: dict[str, float] = {}
+    for name, argv in peers.items():
+        results[name] = statistics.median(wall(argv, runs, work))
+        print(f"   {name:32} {results[name]:7.3f} s")
+    end_to_end = results["full-crossval --fixture tiny"]
+    alone = end_to_end / results["xtask-logits alone (tiny)"]
+    print(f"   target <= 3 s: {end_to_end:.2f} s {verdict(end_to_end, 3.0)}; "
+          f"{alone:.1f}x the harness alone")  # fmt: skip
+    return results
+
+
+def reference_speed(harness: str, runs: int, work: Path) -> dict[str, float]:
+    """B: the NumPy reference on the small fixture, per 100 positions, against the harness."""
+    from bitnet_xtask.crossval.reference import load_model
+
+    small = generate_fixture("small", "llama", "f32", 0, work / "small").model
+    ids = list(range(3, 3 + 400))
+    reference = load_model(small)
+    reference.logits(ids[:8])  # dequantize once, as crossval's first call does
+    started = time.perf_counter()
+    reference.logits(ids)
+    per_100 = (time.perf_counter() - started) / len(ids) * 100
+    ids_file = work / "ids.txt"
+    ids_file.write_text(" ".join(map(str, ids)))
+    cpp = statistics.median(wall([harness, "--model", str(small), "--tokens-file",
+                                  str(ids_file), "--out", str(work / "s"), "--n-predict",
+                                  "0"], runs, work)) / len(ids) * 100  # fmt: skip
+    print(
+        f"B. NumPy reference, small, {len(ids)} positions: {per_100:.3f} s per 100 "
+        f"positions (llama.cpp harness incl. load: {cpp:.3f} s; {per_100 / cpp:.1f}x)"
+    )
+    return {"numpy_small_s_per_100_positions": per_100, "harness_small_s_per_100_positions": cpp}
+
+
+def peak_memory(tiny: Path, work: Path) -> dict[str, float]:
+    """C: crossval's own peak RSS over N_POSITIONS x N_VOCAB logits of two stand-ins."""
+    engine = HERE / "engines" / "synthetic_engine.py"
+    template = [sys.executable, str(engine), "{tokens}", "{logits}", "{continuation}",
+                str(N_VOCAB)]  # fmt: skip
+    a = "cmd:" + shlex.join(template)
+    b = "cmd:" + shlex.join([*template, "0.001"])
+    probe = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(tiny), a, b, str(N_POSITIONS)],
+        capture_output=True, text=True, check=True, env={**os.environ, "TMPDIR": str(work)},
+    )  # fmt: skip
+    measured = json.loads(probe.stdout.strip().splitlines()[-1])
+    logits_mb = N_POSITIONS * N_VOCAB * 4 / 1e6
+    rss_mb = measured["vmhwm_kib"] * 1024 / 1e6
+    ratio = rss_mb / logits_mb
+    print(
+        f"C. crossval {N_POSITIONS} x {N_VOCAB}: peak RSS {rss_mb:.0f} MB = {ratio:.2f}x "
+        f"one backend's logits ({logits_mb:.0f} MB); target < 2x {verdict(ratio, 2.0)}"
+    )
+    return {"crossval_peak_rss_mb": rss_mb, "one_backend_logits_mb": logits_mb}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -69,68 +136,13 @@ def main() -> int:
     args = parser.parse_args()
     build = build_reference(BuildRequest())
     harness = str(build.bin_dir / "xtask-logits")
-    results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-crossval-") as scratch:
         work = Path(scratch)
         tiny = generate_fixture("tiny", "llama", "f32", 0, work / "crossval" / "fixtures").model
-        xtask = [sys.executable, "-m", "bitnet_xtask"]
-        peers = {
-            "python -c pass": [sys.executable, "-c", "pass"],
-            "xtask-logits alone (tiny)": [harness, "--model", str(tiny), "--prompt", "Hello",
-                                          "--out", str(work / "h"), "--n-predict", "8"],
-            "full-crossval --fixture tiny": [*xtask, "full-crossval", "--fixture", "tiny",
-                                             "--receipt", str(work / "r.json")],
-        }  # fmt: skip
         print(f"A. tiny end to end ({args.runs} runs, build cached: {build.directory})")
-        for name, argv in peers.items():
-            median = statistics.median(wall(argv, args.runs, work))
-            results[name] = median
-            print(f"   {name:32} {median:7.3f} s")
-        end_to_end = results["full-crossval --fixture tiny"]
-        alone = end_to_end / results["xtask-logits alone (tiny)"]
-        print(f"   target <= 3 s: {end_to_end:.2f} s {verdict(end_to_end, 3.0)}; "
-              f"{alone:.1f}x the harness alone")  # fmt: skip
-
-        small = generate_fixture("small", "llama", "f32", 0, work / "small").model
-        ids = list(range(3, 3 + 400))
-        from bitnet_xtask.crossval.reference import load_model
-
-        reference = load_model(small)
-        reference.logits(ids[:8])  # dequantize once, as crossval's first call does
-        started = time.perf_counter()
-        reference.logits(ids)
-        per_100 = (time.perf_counter() - started) / len(ids) * 100
-        ids_file = work / "ids.txt"
-        ids_file.write_text(" ".join(map(str, ids)))
-        cpp = statistics.median(wall([harness, "--model", str(small), "--tokens-file",
-                                      str(ids_file), "--out", str(work / "s"), "--n-predict",
-                                      "0"], args.runs, work)) / len(ids) * 100  # fmt: skip
-        results["numpy_small_s_per_100_positions"] = per_100
-        results["harness_small_s_per_100_positions"] = cpp
-        print(
-            f"B. NumPy reference, small, {len(ids)} positions: {per_100:.3f} s per 100 "
-            f"positions (llama.cpp harness incl. load: {cpp:.3f} s; {per_100 / cpp:.1f}x)"
-        )
-
-        engine = HERE / "engines" / "synthetic_engine.py"
-        template = [sys.executable, str(engine), "{tokens}", "{logits}", "{continuation}",
-                    str(N_VOCAB)]  # fmt: skip
-        a = "cmd:" + shlex.join(template)
-        b = "cmd:" + shlex.join([*template, "0.001"])
-        probe = subprocess.run(
-            [sys.executable, "-c", RSS_PROBE, str(tiny), a, b, str(N_POSITIONS)],
-            capture_output=True, text=True, check=True, env={**os.environ, "TMPDIR": scratch},
-        )  # fmt: skip
-        measured = json.loads(probe.stdout.strip().splitlines()[-1])
-        logits_mb = N_POSITIONS * N_VOCAB * 4 / 1e6
-        rss_mb = measured["vmhwm_kib"] * 1024 / 1e6
-        results["crossval_peak_rss_mb"] = rss_mb
-        results["one_backend_logits_mb"] = logits_mb
-        ratio = rss_mb / logits_mb
-        print(
-            f"C. crossval {N_POSITIONS} x {N_VOCAB}: peak RSS {rss_mb:.0f} MB = {ratio:.2f}x "
-            f"one backend's logits ({logits_mb:.0f} MB); target < 2x {verdict(ratio, 2.0)}"
-        )
+        results = tiny_end_to_end(tiny, harness, args.runs, work)
+        results |= reference_speed(harness, args.runs, work)
+        results |= peak_memory(tiny, work)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

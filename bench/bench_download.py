@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Download benchmark: `xtask download-model` against curl, huggingface_hub and aria2c.
 
-Everything runs on 127.0.0.1 against a real nginx (``tests/servers/nginx.py``) that imitates
+Everything runs on 127.0.0.1 against a real nginx (``testing/servers/nginx.py``) that imitates
 the Hugging Face resolve endpoint for one random file.  Each peer runs as a child process,
 timed from spawn to exit, with its peak RSS read by ``wait4`` in a small launcher.
 
@@ -19,7 +19,7 @@ tool is missing: 2).
 
 Usage::
 
-    python bench/bench_download.py [--size-mib 1024] [--rate 8m] [--repeat 3] [--json OUT]
+    PYTHONPATH=testing python bench/bench_download.py [--size-mib 1024] [--rate 8m] [--json OUT]
 """
 
 from __future__ import annotations
@@ -44,16 +44,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TESTS_DIR = REPO_ROOT / "tests"
-if str(TESTS_DIR) not in sys.path:
-    sys.path.insert(0, str(TESTS_DIR))
+try:
+    from servers.nginx import NginxServer, nginx_available
+except ImportError:  # not run the documented way
+    print(
+        "error: the local servers are not importable: run from the checkout with "
+        "PYTHONPATH=testing (bench/README.md)",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
-# `mypy --strict bench` does not see tests/ (a whole-project mypy run does), hence both codes.
-from servers.nginx import (  # type: ignore[import-not-found, unused-ignore]  # noqa: E402
-    NginxServer,
-    nginx_available,
-)
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MIB = 1 << 20
 MB = 1_000_000
@@ -860,116 +861,166 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def missing_tools(wanted: set[str], nginx: str | None) -> list[str]:
+    """The required tools this machine lacks (exit 2)."""
+    missing = [name for name, ok in (("nginx", nginx), ("curl", shutil.which("curl"))) if not ok]
+    if "A" in wanted and not shutil.which("sha256sum"):
+        missing.append("sha256sum")
+    return missing
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a run was measured against, printed first and written to --json."""
+
+    load_start: tuple[float, float, float]
+    tools: dict[str, str | None]
+    floor_kib: int
+
+
+def measure_setting(nginx: str | None, work: Path) -> Setting:
+    """Load, versions and the RSS launcher's own floor; bytecode primed for every peer."""
+    load_start = os.getloadavg()
+    print(f"load average at start: {load_start[0]:.2f} (1 min), {load_start[1]:.2f} (5 min)")
+    if load_start[0] > 0.5:
+        print("warning: the machine is busy; timings will be noisy (see load_1m_before)")
+    prime_bytecode(work)
+    tools = versions(nginx, work)
+    print(
+        f"xtask: {shlex.join(xtask_argv())} (bitnet_xtask {tools['bitnet-xtask']}, "
+        f"from {tools['bitnet-xtask module']})"
+    )
+    _, floor_kib, _ = run_measured(["true"], dict(os.environ), work / "rss-floor.log")
+    launcher = "GNU time" if gnu_time() else "a Python fork runner"
+    print(f"peak RSS via {launcher}; `true` measures {floor_kib * 1024 / MB:.1f} MB")
+    return Setting(load_start, tools, floor_kib)
+
+
+def host_files(root: Path, wanted: set[str], args: argparse.Namespace) -> dict[str, Hosted]:
+    """The random file of each wanted scenario, flushed to disk before any timing."""
+    t0 = time.perf_counter()
+    sizes = {"A": (REPO_ID, args.size_mib), "B": (LIMITED_REPO_ID, args.limited_size_mib)}
+    hosted = {key: host_file(root, repo, mib * MIB) for key, (repo, mib) in sizes.items()
+              if key in wanted}  # fmt: skip
+    os.sync()
+    print(
+        f"generated {sum(h.size for h in hosted.values()) / MIB:.0f} MiB of random data "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+    return hosted
+
+
+def run_scenarios(
+    args: argparse.Namespace, hosted: dict[str, Hosted], root: Path, work: Path
+) -> dict[str, Scenario]:
+    """A and B (those hosted) against one nginx, every peer in its own process."""
+    headers = {h.url_path: h.hf_headers() for h in hosted.values()}
+    server = NginxServer(root, work / "nginx", rate_limit=args.rate, hf_headers=headers)
+    scenarios: dict[str, Scenario] = {}
+    with server:
+        base_url: str = server.url
+        meter = CpuMeter(nginx_pids(server.pid_path))
+        print(f"nginx at {base_url}; every peer reads the same page-cache-hot source files")
+        if h := hosted.get("A"):
+            a = Scenario("A", "unlimited loopback", h, base_url + h.url_path)
+            peers, a.skipped = scenario_a_peers(h, base_url, work)
+            scenarios["A"] = a
+            run_scenario(a, peers, args.repeat, args.warmup, work, meter)
+        if h := hosted.get("B"):
+            title = f"rate-limited to {args.rate}/s per connection"
+            b = Scenario("B", title, h, base_url + "/limited" + h.url_path)
+            peers, b.skipped = scenario_b_peers(h, base_url, work)
+            scenarios["B"] = b
+            run_scenario(b, peers, args.repeat, 0, work, meter)
+    return scenarios
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The targets, and what makes the figures doubtful or the run broken."""
+
+    targets: list[Target]
+    broken: list[str]
+    contended: int
+
+
+def report(scenarios: dict[str, Scenario]) -> Outcome:
+    """Print the tables, the targets and any warnings."""
+    for scenario in scenarios.values():
+        print_table(scenario)
+    results = targets(scenarios)
+    print_targets(results)
+    broken = [f"{s.key}/{p.name}" for s in scenarios.values() for p in s.stats.values() if not p.ok]
+    counted = [r for s in scenarios.values() for p in s.stats.values() for r in p.timed]
+    contended = [r for r in counted if r.contended]
+    if contended:
+        print(
+            f"\nwarning: in {len(contended)} of {len(counted)} counted runs other processes "
+            "used > 10% of a core (other CPU above); rerun on a quiet machine"
+        )
+    if broken:
+        print(f"\nBROKEN (failed or wrong bytes): {', '.join(broken)}")
+    return Outcome(results, broken, len(contended))
+
+
+def write_json(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    started: dt.datetime,
+    setting: Setting,
+    scenarios: dict[str, Scenario],
+    outcome: Outcome,
+) -> None:
+    """Every figure, as --json."""
+    document = {
+        "date": started.isoformat(timespec="seconds"),
+        "argv": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+        "settings": {
+            "size_mib": args.size_mib,
+            "limited_size_mib": args.limited_size_mib,
+            "rate": args.rate,
+            "repeat": args.repeat,
+            "warmup": args.warmup,
+            "limited_connections": LIMITED_CONNECTIONS,
+        },
+        "machine": machine_info(),
+        "load_avg_start": [round(x, 2) for x in setting.load_start],
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        "rss_launcher": "GNU time" if gnu_time() else "python fork runner",
+        "rss_floor_mb": round(setting.floor_kib * 1024 / MB, 2),
+        "versions": setting.tools,
+        "scenarios": {k: s.to_json() for k, s in scenarios.items()},
+        "targets": [t.to_json() for t in outcome.targets],
+        "broken": outcome.broken,
+        "contended_runs": outcome.contended,
+        "units": "MB = 10^6 bytes; MiB = 2^20 bytes; times are wall-clock seconds",
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.json}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 unless something broke (missed targets are not breakage)."""
     args = parse_args(argv)
     wanted = set(args.scenarios.upper())
     nginx = nginx_available()
-    missing = [name for name, ok in (("nginx", nginx), ("curl", shutil.which("curl"))) if not ok]
-    if "A" in wanted and not shutil.which("sha256sum"):
-        missing.append("sha256sum")
-    if missing:
+    if missing := missing_tools(wanted, nginx):
         print(f"error: required tools not found: {', '.join(missing)}", file=sys.stderr)
         return 2
-
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="xtask-bench-", dir=args.workdir))
-    root = work / "root"
     started = dt.datetime.now(dt.timezone.utc)
     try:
         print(f"scratch: {work}")
-        load_start = os.getloadavg()
-        print(f"load average at start: {load_start[0]:.2f} (1 min), {load_start[1]:.2f} (5 min)")
-        if load_start[0] > 0.5:
-            print("warning: the machine is busy; timings will be noisy (see load_1m_before)")
-        prime_bytecode(work)
-        tools = versions(nginx, work)
-        print(
-            f"xtask: {shlex.join(xtask_argv())} (bitnet_xtask {tools['bitnet-xtask']}, "
-            f"from {tools['bitnet-xtask module']})"
-        )
-        _, floor_kib, _ = run_measured(["true"], dict(os.environ), work / "rss-floor.log")
-        launcher = "GNU time" if gnu_time() else "a Python fork runner"
-        print(f"peak RSS via {launcher}; `true` measures {floor_kib * 1024 / MB:.1f} MB")
-        hosted: dict[str, Hosted] = {}
-        t0 = time.perf_counter()
-        if "A" in wanted:
-            hosted["A"] = host_file(root, REPO_ID, args.size_mib * MIB)
-        if "B" in wanted:
-            hosted["B"] = host_file(root, LIMITED_REPO_ID, args.limited_size_mib * MIB)
-        os.sync()
-        print(
-            f"generated {sum(h.size for h in hosted.values()) / MIB:.0f} MiB of random data "
-            f"in {time.perf_counter() - t0:.1f} s"
-        )
-
-        headers = {h.url_path: h.hf_headers() for h in hosted.values()}
-        server = NginxServer(root, work / "nginx", rate_limit=args.rate, hf_headers=headers)
-        scenarios: dict[str, Scenario] = {}
-        with server:
-            base_url: str = server.url
-            meter = CpuMeter(nginx_pids(server.pid_path))
-            print(f"nginx at {base_url}; every peer reads the same page-cache-hot source files")
-            if "A" in wanted:
-                h = hosted["A"]
-                a = Scenario("A", "unlimited loopback", h, base_url + h.url_path)
-                peers, a.skipped = scenario_a_peers(h, base_url, work)
-                scenarios["A"] = a
-                run_scenario(a, peers, args.repeat, args.warmup, work, meter)
-            if "B" in wanted:
-                h = hosted["B"]
-                title = f"rate-limited to {args.rate}/s per connection"
-                b = Scenario("B", title, h, base_url + "/limited" + h.url_path)
-                peers, b.skipped = scenario_b_peers(h, base_url, work)
-                scenarios["B"] = b
-                run_scenario(b, peers, args.repeat, 0, work, meter)
-
-        for scenario in scenarios.values():
-            print_table(scenario)
-        results = targets(scenarios)
-        print_targets(results)
-        broken = [
-            f"{s.key}/{p.name}" for s in scenarios.values() for p in s.stats.values() if not p.ok
-        ]
-        counted = [r for s in scenarios.values() for p in s.stats.values() for r in p.timed]
-        contended = [r for r in counted if r.contended]
-        if contended:
-            print(
-                f"\nwarning: in {len(contended)} of {len(counted)} counted runs other processes "
-                "used > 10% of a core (other CPU above); rerun on a quiet machine"
-            )
-        if broken:
-            print(f"\nBROKEN (failed or wrong bytes): {', '.join(broken)}")
-
+        setting = measure_setting(nginx, work)
+        hosted = host_files(work / "root", wanted, args)
+        scenarios = run_scenarios(args, hosted, work / "root", work)
+        outcome = report(scenarios)
         if args.json:
-            report = {
-                "date": started.isoformat(timespec="seconds"),
-                "argv": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
-                "settings": {
-                    "size_mib": args.size_mib,
-                    "limited_size_mib": args.limited_size_mib,
-                    "rate": args.rate,
-                    "repeat": args.repeat,
-                    "warmup": args.warmup,
-                    "limited_connections": LIMITED_CONNECTIONS,
-                },
-                "machine": machine_info(),
-                "load_avg_start": [round(x, 2) for x in load_start],
-                "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-                "rss_launcher": "GNU time" if gnu_time() else "python fork runner",
-                "rss_floor_mb": round(floor_kib * 1024 / MB, 2),
-                "versions": tools,
-                "scenarios": {k: s.to_json() for k, s in scenarios.items()},
-                "targets": [t.to_json() for t in results],
-                "broken": broken,
-                "contended_runs": len(contended),
-                "units": "MB = 10^6 bytes; MiB = 2^20 bytes; times are wall-clock seconds",
-            }
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-            print(f"\nwrote {args.json}")
-        return 1 if broken else 0
+            write_json(args, argv, started, setting, scenarios, outcome)
+        return 1 if outcome.broken else 0
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bitnet_xtask.cpp.build import build_tools
 from bitnet_xtask.cpp.pins import SdistPin, load_pins
+from bitnet_xtask.cpp.toolchain import build_tools
 
 
 def pinned_sdist(workdir: Path) -> Path:

@@ -41,8 +41,12 @@ let
       capability: " --cuda-arch ${lib.replaceStrings [ "." ] [ "" ] capability}"
     ) cudaCapabilities
   );
-  # Where `fetch-cpp --source` builds (cpp/build.py: <ref>-local-<backend>).
-  buildDirectory = "$XDG_CACHE_HOME/bitnet_cpp/${ref}-local-${backend}";
+  # Where `fetch-cpp --source` builds: the revision "local", the name cpp/layout.py's.
+  buildName = import ./build-directory.nix {
+    inherit ref backend;
+    revision = "local";
+  };
+  buildDirectory = "$XDG_CACHE_HOME/bitnet_cpp/${buildName}";
 in
 assert lib.assertMsg (!(useCuda && ref == "bitnet.cpp")) "bitnet.cpp is built for the CPU only";
 assert lib.assertMsg (useCuda -> cuda != null) "useCuda needs cuda (nix/cuda.nix)";

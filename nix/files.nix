@@ -13,12 +13,14 @@ in
   # What the wheel is built from, so that editing tests or nix/ does not rebuild it.
   inherit package;
 
-  # What the checks read: the package, its tests, benchmarks and check scripts, and the
-  # flake itself (tests/test_nix.py reads flake.nix, flake.lock and nix/ in every run).
+  # What the checks read: the package, its tests, the local servers that tests and
+  # benchmarks share (testing/), benchmarks and check scripts, and the flake itself
+  # (tests/test_nix.py reads flake.nix, flake.lock and nix/ in every run).
   # Everything Git tracks but .ci/ and .gitignore.
   checks = lib.fileset.unions [
     package
     ../tests
+    ../testing
     ../bench
     ../checks
     ../scripts

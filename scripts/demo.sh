@@ -17,7 +17,7 @@ trap cleanup EXIT
 mkdir -p "$work/hub/demo/tiny-model"
 python3 -c 'import random, sys; sys.stdout.buffer.write(random.Random(0).randbytes(32 << 20))' \
   > "$work/hub/demo/tiny-model/model.gguf"
-python3 tests/servers/hf_server.py --root "$work/hub" > "$work/server.json" &
+python3 testing/servers/hf_server.py --root "$work/hub" > "$work/server.json" &
 server_pid=$!
 for _ in $(seq 100); do [ -s "$work/server.json" ] && break; sleep 0.1; done
 hub="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["hub"])' "$work/server.json")"

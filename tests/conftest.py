@@ -28,6 +28,11 @@ BIG_SIZE = 64 << 20
 GPU_FIXTURES = Path(__file__).parent / "fixtures" / "gpu"
 STANDINS = Path(__file__).parent / "standins"
 
+# Every event any test makes the CLI (or a ConsoleReporter) emit is checked against
+# events.schema.json before it is written (README "JSON events"); the CLI's subprocesses
+# inherit the switch through clean_env.
+os.environ["XTASK_VALIDATE_EVENTS"] = "1"
+
 
 def payload(size: int, seed: int = 0) -> bytes:
     """Deterministic incompressible bytes."""
@@ -177,6 +182,24 @@ def nginx(tmp_path_factory: pytest.TempPathFactory, big_payload: bytes) -> Itera
         root=root, workdir=tmp_path_factory.mktemp("nginx"), rate_limit="8m"
     ) as server:
         yield server
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, xtask: Xtask) -> dict[str, Path]:
+    """For clean-cache: a working directory with models and fixtures, and a cache home
+    with one fetch-cpp build under the name fetch-cpp gives it (`build`)."""
+    from bitnet_xtask.cpp.layout import pin_revision
+    from bitnet_xtask.cpp.pins import load_pins
+
+    work, xdg = tmp_path / "work", tmp_path / "xdg"
+    (work / "models" / "org-model").mkdir(parents=True)
+    (work / "models" / "org-model" / "m.gguf").write_bytes(os.urandom(20_000))
+    (work / "crossval" / "fixtures").mkdir(parents=True)
+    (work / "crossval" / "fixtures" / "tiny.gguf").write_bytes(os.urandom(5_000))
+    build = xdg / "bitnet_cpp" / f"llama.cpp-{pin_revision(load_pins()['llama.cpp'])}-cpu"
+    (build / "bin").mkdir(parents=True)
+    (build / "bin" / "llama-cli").write_bytes(b"x")
+    return {"work": work, "xdg": xdg, "home": xtask.home, "build": build, "tmp": tmp_path}
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from servers.hf_server import HFTestServer
 from bitnet_xtask import cache
 from bitnet_xtask.cache import cache_entries, remove_entries
 from bitnet_xtask.cpp import build
-from bitnet_xtask.cpp.build import BuildError, BuildRequest, build_reference
+from bitnet_xtask.cpp.build import BuildRequest, build_reference
+from bitnet_xtask.cpp.compile import BuildError
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.gpu.elf import parse_fatbin, read_binary
 
@@ -38,19 +39,6 @@ NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path, xtask: Xtask) -> dict[str, Path]:
-    """A working directory with models and fixtures, a cache home with one build."""
-    work, xdg = tmp_path / "work", tmp_path / "xdg"
-    (work / "models" / "org-model").mkdir(parents=True)
-    (work / "models" / "org-model" / "m.gguf").write_bytes(os.urandom(20_000))
-    (work / "crossval" / "fixtures").mkdir(parents=True)
-    (work / "crossval" / "fixtures" / "tiny.gguf").write_bytes(os.urandom(5_000))
-    (xdg / "bitnet_cpp" / "llama.cpp-0c1e570-cpu" / "bin").mkdir(parents=True)
-    (xdg / "bitnet_cpp" / "llama.cpp-0c1e570-cpu" / "bin" / "llama-cli").write_bytes(b"x")
-    return {"work": work, "xdg": xdg, "home": xtask.home, "tmp": tmp_path}
 
 
 def clean(
@@ -177,7 +165,7 @@ def test_a_non_directory_is_never_removed(
     assert f"it is a {kind}, not a directory" in run.stderr
     after = target.lstat()
     assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
-    assert (sandbox["xdg"] / "bitnet_cpp" / "llama.cpp-0c1e570-cpu").is_dir()  # nothing went
+    assert sandbox["build"].is_dir()  # nothing went
 
 
 def test_a_folder_xtask_neither_documents_nor_created_is_refused(

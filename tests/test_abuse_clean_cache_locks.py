@@ -4,7 +4,7 @@ Issue 10's "lose nothing" rule, for clean-cache: a fetch-cpp build whose `.lock`
 fetch-cpp holds, and a models folder with a `<file>.lock` a live download-model holds,
 are in use, and never removed under the writer's feet; a lock left by a killed process
 does not count. Everything is real: lock holders are separate processes (a `python -c`
-holding `store.FileLock`, a real download-model throttled by the project's HF test
+holding `filelock.FileLock`, a real download-model throttled by the project's HF test
 server, a real fetch-cpp waiting for a lock), their locks real flocks (`/proc/locks`
 shows who holds what), and clean-cache is paused for real (SIGSTOP) while it holds the
 locks of a folder it is removing.
@@ -29,48 +29,34 @@ from conftest import REPO, Xtask, payload, sha256, wait_for
 from servers.hf_server import Faults, HFTestServer
 
 from bitnet_xtask.cache import cache_entries, remove_entries
-from bitnet_xtask.cpp.build import revision
+from bitnet_xtask.cpp.layout import pin_revision
 from bitnet_xtask.cpp.pins import load_pins
-from bitnet_xtask.download.store import FileLock
 from bitnet_xtask.errors import UsageError
+from bitnet_xtask.filelock import FileLock
 
 #: Any outbound HTTP(S) a regressed build would make goes to a closed loopback port.
 NO_NETWORK = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-#: What a running download-model or fetch-cpp does with its lock (`store.FileLock`).
+#: What a running download-model or fetch-cpp does with its lock (`filelock.FileLock`).
 HOLD = (
     "import sys, time; from pathlib import Path;"
-    "from bitnet_xtask.download.store import FileLock;"
+    "from bitnet_xtask.filelock import FileLock;"
     "FileLock(Path(sys.argv[1]), 0).acquire(); print('held', flush=True); time.sleep(300)"
 )
-BUILD = f"llama.cpp-{revision(load_pins()['llama.cpp'])}-cpu"  # what `fetch-cpp` builds
+BUILD = f"llama.cpp-{pin_revision(load_pins()['llama.cpp'])}-cpu"  # what `fetch-cpp` builds
 
 
 # --- helpers ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def box(tmp_path: Path, xtask: Xtask) -> dict[str, Path]:
-    """A working directory with models and fixtures, a cache home with one build."""
-    work, xdg = tmp_path / "work", tmp_path / "xdg"
-    (work / "models" / "org-model").mkdir(parents=True)
-    (work / "models" / "org-model" / "m.gguf").write_bytes(os.urandom(20_000))
-    (work / "crossval" / "fixtures").mkdir(parents=True)
-    (work / "crossval" / "fixtures" / "tiny.gguf").write_bytes(os.urandom(5_000))
-    build = xdg / "bitnet_cpp" / BUILD
-    (build / "bin").mkdir(parents=True)
-    (build / "bin" / "llama-cli").write_bytes(b"x")
-    return {"work": work, "xdg": xdg, "home": xtask.home, "build": build, "tmp": tmp_path}
+def env(xtask: Xtask, sandbox: dict[str, Path]) -> dict[str, str]:
+    return xtask.env(XDG_CACHE_HOME=str(sandbox["xdg"]), **NO_NETWORK)
 
 
-def env(xtask: Xtask, box: dict[str, Path]) -> dict[str, str]:
-    return xtask.env(XDG_CACHE_HOME=str(box["xdg"]), **NO_NETWORK)
-
-
-def clean(xtask: Xtask, box: dict[str, Path], *args: str) -> subprocess.CompletedProcess[str]:
+def clean(xtask: Xtask, sandbox: dict[str, Path], *args: str) -> subprocess.CompletedProcess[str]:
     run = subprocess.run(
         xtask.argv(["clean-cache", *args]),
-        cwd=box["work"],
-        env=env(xtask, box),
+        cwd=sandbox["work"],
+        env=env(xtask, sandbox),
         capture_output=True,
         text=True,
         timeout=60,
@@ -147,12 +133,12 @@ class Pumped:
 
 
 def test_a_build_a_live_process_holds_is_refused_in_the_listing_dry_run_and_yes(
-    xtask: Xtask, box: dict[str, Path]
+    xtask: Xtask, sandbox: dict[str, Path]
 ) -> None:
-    lock = box["build"] / ".lock"
+    lock = sandbox["build"] / ".lock"
     with held(lock) as holder:
-        before, record = tree(box["tmp"]), lock.read_text()
-        listing = clean(xtask, box, "--json")
+        before, record = tree(sandbox["tmp"]), lock.read_text()
+        listing = clean(xtask, sandbox, "--json")
         assert listing.returncode == 0, listing.stderr
         (build,) = [
             json.loads(line)
@@ -162,40 +148,40 @@ def test_a_build_a_live_process_holds_is_refused_in_the_listing_dry_run_and_yes(
         assert build["removable"] is False
         assert build["refused"].startswith(f"it is in use: {lock} is held by pid {holder.pid} ")
         for args in (["--dry-run"], ["--yes"]):
-            run = clean(xtask, box, *args)
+            run = clean(xtask, sandbox, *args)
             assert run.returncode == 2, run.stdout + run.stderr
-            assert f"refusing to delete {box['build']}: it is in use" in run.stderr
+            assert f"refusing to delete {sandbox['build']}: it is in use" in run.stderr
             assert f"pid {holder.pid}" in run.stderr and "wait for that process" in run.stderr
-        assert tree(box["tmp"]) == before  # nothing at all was removed, not even models
+        assert tree(sandbox["tmp"]) == before  # nothing at all was removed, not even models
         assert lock.read_text() == record  # the holder's record, untouched
         assert flock_holders(lock) == {holder.pid}  # and its lock still its own
         assert holder.poll() is None
 
 
 def test_a_lock_left_by_a_killed_process_does_not_block_and_goes(
-    xtask: Xtask, box: dict[str, Path]
+    xtask: Xtask, sandbox: dict[str, Path]
 ) -> None:
-    lock = box["build"] / ".lock"
+    lock = sandbox["build"] / ".lock"
     with held(lock) as holder:
         holder.kill()
         holder.wait()
     assert lock.exists() and flock_holders(lock) == set()  # a SIGKILL leaves the file
     record = lock.read_text()
-    dry = clean(xtask, box, "--dry-run")
+    dry = clean(xtask, sandbox, "--dry-run")
     assert dry.returncode == 0 and "removed nothing" in dry.stdout, dry.stderr
     assert lock.read_text() == record  # the dry run writes nothing
-    run = clean(xtask, box, "--yes")
+    run = clean(xtask, sandbox, "--yes")
     assert run.returncode == 0 and "removed 3 of 3" in run.stdout, run.stderr
-    assert list((box["xdg"] / "bitnet_cpp").iterdir()) == []
+    assert list((sandbox["xdg"] / "bitnet_cpp").iterdir()) == []
 
 
-def test_the_dry_run_creates_no_lock(xtask: Xtask, box: dict[str, Path]) -> None:
+def test_the_dry_run_creates_no_lock(xtask: Xtask, sandbox: dict[str, Path]) -> None:
     """Only the removal takes (and creates) a build's `.lock`; asking creates nothing."""
-    before = tree(box["tmp"])
-    assert clean(xtask, box, "--dry-run").returncode == 0
-    assert clean(xtask, box).returncode == 0  # the listing without a terminal
-    assert tree(box["tmp"]) == before
-    assert not (box["build"] / ".lock").exists()
+    before = tree(sandbox["tmp"])
+    assert clean(xtask, sandbox, "--dry-run").returncode == 0
+    assert clean(xtask, sandbox).returncode == 0  # the listing without a terminal
+    assert tree(sandbox["tmp"]) == before
+    assert not (sandbox["build"] / ".lock").exists()
 
 
 # --- a models folder with a download's lock ---------------------------------------------
@@ -203,101 +189,101 @@ def test_the_dry_run_creates_no_lock(xtask: Xtask, box: dict[str, Path]) -> None
 
 @pytest.mark.parametrize("models", ["models", "models/org-model"])
 def test_a_models_folder_whose_download_lock_is_held_is_refused(
-    xtask: Xtask, box: dict[str, Path], models: str
+    xtask: Xtask, sandbox: dict[str, Path], models: str
 ) -> None:
-    folder = box["work"] / "models" / "org-model"
+    folder = sandbox["work"] / "models" / "org-model"
     (folder / "big.gguf.part").write_bytes(os.urandom(30_000))  # the bytes so far
     lock = folder / "big.gguf.lock"
     with held(lock) as holder:
-        before = tree(box["work"])
-        run = clean(xtask, box, "--yes", "--models", models)
+        before = tree(sandbox["work"])
+        run = clean(xtask, sandbox, "--yes", "--models", models)
         assert run.returncode == 2, run.stdout + run.stderr
-        shown = lock.relative_to(box["work"])  # as given: --models is relative
+        shown = lock.relative_to(sandbox["work"])  # as given: --models is relative
         assert f"it is in use: {shown} is held by pid {holder.pid}" in run.stderr
-        assert tree(box["work"]) == before
+        assert tree(sandbox["work"]) == before
         assert flock_holders(lock) == {holder.pid}
-    run = clean(xtask, box, "--yes", "--models", models)  # the download is over
+    run = clean(xtask, sandbox, "--yes", "--models", models)  # the download is over
     assert run.returncode == 0, run.stderr
     assert not folder.exists()
 
 
-def test_a_fifo_named_like_a_lock_is_not_opened(xtask: Xtask, box: dict[str, Path]) -> None:
+def test_a_fifo_named_like_a_lock_is_not_opened(xtask: Xtask, sandbox: dict[str, Path]) -> None:
     """Only regular `*.lock` files are asked: opening a FIFO would block clean-cache."""
-    os.mkfifo(box["work"] / "models" / "org-model" / "x.lock")
+    os.mkfifo(sandbox["work"] / "models" / "org-model" / "x.lock")
     start = time.monotonic()
-    run = clean(xtask, box, "--yes")
+    run = clean(xtask, sandbox, "--yes")
     assert run.returncode == 0 and "removed 3 of 3" in run.stdout, run.stderr
     assert time.monotonic() - start < 30
 
 
 def test_a_lock_taken_between_listing_and_removal_refuses_and_changes_nothing(
-    box: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+    sandbox: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The removal takes every lock itself: one taken after the listing refuses it, and
     the locks it had already taken (a stale one here) are let go as they were, and a
     source tree's `flake.lock` (no lock of ours, but named like one) is not written."""
-    monkeypatch.chdir(box["work"])
-    monkeypatch.setenv("XDG_CACHE_HOME", str(box["xdg"]))
-    monkeypatch.setenv("HOME", str(box["home"]))
-    (box["build"] / "src").mkdir()
-    flake = box["build"] / "src" / "flake.lock"
+    monkeypatch.chdir(sandbox["work"])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(sandbox["xdg"]))
+    monkeypatch.setenv("HOME", str(sandbox["home"]))
+    (sandbox["build"] / "src").mkdir()
+    flake = sandbox["build"] / "src" / "flake.lock"
     flake.write_text('{"nodes": {}}\n')
-    stale = box["build"] / "a.lock"
+    stale = sandbox["build"] / "a.lock"
     stale.write_text('{"pid": 1, "host": "h", "since": "then"}')
     entries = cache_entries(Path("models"), Path("crossval/fixtures"))
-    build = next(e for e in entries if e.path == box["build"])
+    build = next(e for e in entries if e.path == sandbox["build"])
     assert build.removable
-    before = tree(box["build"])
-    with held(box["build"] / "z.lock") as holder:  # sorts after a.lock and src/flake.lock
+    before = tree(sandbox["build"])
+    with held(sandbox["build"] / "z.lock") as holder:  # sorts after a.lock and src/flake.lock
         with pytest.raises(UsageError, match=f"it is in use: .*z.lock is held by pid {holder.pid}"):
             remove_entries([build], entries)
-        assert {k: v for k, v in tree(box["build"]).items() if k != "z.lock"} == before
-        assert not (box["build"] / ".lock").exists()  # the one it made, removed again
+        assert {k: v for k, v in tree(sandbox["build"]).items() if k != "z.lock"} == before
+        assert not (sandbox["build"] / ".lock").exists()  # the one it made, removed again
         assert flock_holders(stale) == set() and flock_holders(flake) == set()
 
 
 @pytest.mark.parametrize("late", ["locked", "swapped"])
 def test_a_refusal_of_a_later_entry_removes_none_of_the_earlier_ones(
-    box: dict[str, Path], monkeypatch: pytest.MonkeyPatch, late: str
+    sandbox: dict[str, Path], monkeypatch: pytest.MonkeyPatch, late: str
 ) -> None:
     """All or nothing: the models folder and a build are selected, then the build is
     locked by a live process (or swapped for another folder) after the listing. The
     refusal (exit 2, "nothing was removed") must be true: the models folder, judged
     first, is still there, byte for byte, and no lock is left held or created."""
-    monkeypatch.chdir(box["work"])
-    monkeypatch.setenv("XDG_CACHE_HOME", str(box["xdg"]))
-    monkeypatch.setenv("HOME", str(box["home"]))
-    models = box["work"] / "models"
+    monkeypatch.chdir(sandbox["work"])
+    monkeypatch.setenv("XDG_CACHE_HOME", str(sandbox["xdg"]))
+    monkeypatch.setenv("HOME", str(sandbox["home"]))
+    models = sandbox["work"] / "models"
     (models / "org-model" / "m.gguf.lock").write_text('{"pid": 1, "host": "h", "since": "then"}')
     entries = cache_entries(Path("models"), Path("crossval/fixtures"))
-    chosen = [e for e in entries if e.path in (Path("models"), box["build"])]
-    assert [e.path for e in chosen] == [Path("models"), box["build"]]  # models goes first
+    chosen = [e for e in entries if e.path in (Path("models"), sandbox["build"])]
+    assert [e.path for e in chosen] == [Path("models"), sandbox["build"]]  # models goes first
     assert all(e.removable for e in chosen)
     before = tree(models)
     if late == "swapped":
-        box["build"].rename(box["tmp"] / "old-build")
-        (box["build"] / "bin").mkdir(parents=True)
+        sandbox["build"].rename(sandbox["tmp"] / "old-build")
+        (sandbox["build"] / "bin").mkdir(parents=True)
         with pytest.raises(UsageError, match="changed since it was listed") as caught:
             remove_entries(chosen, entries)
     else:
         with (
-            held(box["build"] / "z.lock"),
+            held(sandbox["build"] / "z.lock"),
             pytest.raises(UsageError, match="it is in use") as caught,
         ):
             remove_entries(chosen, entries)
     assert caught.value.hint is not None and caught.value.hint.startswith("nothing was removed")
     assert tree(models) == before
     assert flock_holders(models / "org-model" / "m.gguf.lock") == set()
-    assert not (box["build"] / ".lock").exists()
+    assert not (sandbox["build"] / ".lock").exists()
 
 
 def test_a_real_running_download_is_not_pulled_from_under_its_feet(
-    xtask: Xtask, box: dict[str, Path], hf: HFTestServer
+    xtask: Xtask, sandbox: dict[str, Path], hf: HFTestServer
 ) -> None:
     data = payload(1 << 20, seed=10)
     hf.add_file(REPO, "slow.gguf", data)
     hf.set_faults(REPO, "slow.gguf", Faults(rate_limit=200_000))  # ~5 s
-    models = box["work"] / "models"
+    models = sandbox["work"] / "models"
     target = models / REPO.replace("/", "-")
     download = Pumped(
         subprocess.Popen(
@@ -315,8 +301,8 @@ def test_a_real_running_download_is_not_pulled_from_under_its_feet(
                     "--no-progress",
                 ]
             ),
-            cwd=box["work"],
-            env=xtask.env(XDG_CACHE_HOME=str(box["xdg"])),  # the hub is on 127.0.0.1
+            cwd=sandbox["work"],
+            env=xtask.env(XDG_CACHE_HOME=str(sandbox["xdg"])),  # the hub is on 127.0.0.1
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -330,9 +316,9 @@ def test_a_real_running_download_is_not_pulled_from_under_its_feet(
             "the download under way",
         )
         for args in (["--dry-run"], ["--yes"]):
-            run = clean(xtask, box, *args)
+            run = clean(xtask, sandbox, *args)
             assert run.returncode == 2, run.stdout + run.stderr
-            shown = lock.relative_to(box["work"])
+            shown = lock.relative_to(sandbox["work"])
             assert f"it is in use: {shown} is held by pid {download.proc.pid}" in run.stderr
             assert part.exists()
         code, err = download.finish()
@@ -342,9 +328,9 @@ def test_a_real_running_download_is_not_pulled_from_under_its_feet(
             download.proc.wait()
     assert code == 0, err
     assert sha256((target / "slow.gguf").read_bytes()) == sha256(data)
-    run = clean(xtask, box, "--yes")  # done: now it goes, and no lock is left anywhere
+    run = clean(xtask, sandbox, "--yes")  # done: now it goes, and no lock is left anywhere
     assert run.returncode == 0, run.stderr
-    assert not models.exists() and list(box["xdg"].rglob("*.lock")) == []
+    assert not models.exists() and list(sandbox["xdg"].rglob("*.lock")) == []
 
 
 # --- a writer that arrives while clean-cache removes ------------------------------------
@@ -363,20 +349,20 @@ def _paused_while_holding(proc: subprocess.Popen[str], lock: Path) -> None:
 
 
 def test_a_fetch_cpp_arriving_during_the_removal_waits_then_stops_cleanly(
-    xtask: Xtask, box: dict[str, Path]
+    xtask: Xtask, sandbox: dict[str, Path]
 ) -> None:
     """clean-cache holds the build's `.lock` (there was none: it makes one) until the
     folder is gone, so a real fetch-cpp that starts meanwhile waits instead of building
     into a folder being removed, then says the folder went (exit 1, no traceback)."""
     for i in range(40):  # enough files that the removal lasts a while
-        (box["build"] / "build" / f"d{i}").mkdir(parents=True)
+        (sandbox["build"] / "build" / f"d{i}").mkdir(parents=True)
         for j in range(500):
-            (box["build"] / "build" / f"d{i}" / f"o{j}").touch()
-    lock = box["build"] / ".lock"
+            (sandbox["build"] / "build" / f"d{i}" / f"o{j}").touch()
+    lock = sandbox["build"] / ".lock"
     cleaner = subprocess.Popen(
         xtask.argv(["clean-cache", "--yes"]),
-        cwd=box["work"],
-        env=env(xtask, box),
+        cwd=sandbox["work"],
+        env=env(xtask, sandbox),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -387,8 +373,8 @@ def test_a_fetch_cpp_arriving_during_the_removal_waits_then_stops_cleanly(
         fetch = Pumped(
             subprocess.Popen(
                 xtask.argv(["fetch-cpp", "--backend", "cpu"]),
-                cwd=box["work"],
-                env=env(xtask, box) | {"CXX": "no-such-compiler++"},
+                cwd=sandbox["work"],
+                env=env(xtask, sandbox) | {"CXX": "no-such-compiler++"},
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -396,7 +382,7 @@ def test_a_fetch_cpp_arriving_during_the_removal_waits_then_stops_cleanly(
         )
         started.append(fetch.proc)
         wait_for(lambda: "waiting for" in fetch.stderr(), 30, "fetch-cpp waiting for the lock")
-        assert box["build"].exists()  # clean-cache, paused, still holds it
+        assert sandbox["build"].exists()  # clean-cache, paused, still holds it
         os.kill(cleaner.pid, signal.SIGCONT)
         out, err = cleaner.communicate(timeout=60)
         assert cleaner.returncode == 0, err
@@ -410,11 +396,11 @@ def test_a_fetch_cpp_arriving_during_the_removal_waits_then_stops_cleanly(
                 proc.wait()
     assert code == 1, fetch_err
     assert "Traceback" not in fetch_err
-    assert f"its folder {box['build']} no longer exists" in fetch_err
-    assert not box["build"].exists()  # fetch-cpp wrote nothing into the removed folder
+    assert f"its folder {sandbox['build']} no longer exists" in fetch_err
+    assert not sandbox["build"].exists()  # fetch-cpp wrote nothing into the removed folder
 
 
-# --- store.FileLock: a release never unlinks someone else's lock ------------------------
+# --- filelock.FileLock: a release never unlinks someone else's lock ------------------------
 
 
 def test_a_release_leaves_a_newer_lock_at_the_same_name_alone(tmp_path: Path) -> None:

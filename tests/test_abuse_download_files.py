@@ -6,7 +6,7 @@ manifests that are devices, FIFOs, not UTF-8, nested past the recursion limit or
 JSON shape.
 
 Every run is the real CLI in a subprocess against the project's HF-compatible server on
-127.0.0.1 (tests/servers/hf_server.py); FIFOs, device nodes (`mknod`, as root) and
+127.0.0.1 (testing/servers/hf_server.py); FIFOs, device nodes (`mknod`, as root) and
 read-only mounts (`mount -t tmpfs -o ro`, as root) are real, and skipped with the reason
 where this machine cannot make them. The promise checked each time: a clear message, the
 documented exit code, no traceback, and nothing lost or written through.
@@ -29,8 +29,9 @@ from conftest import REPO, Run, Xtask, payload, sha256, wait_for
 from mounts import Mounts
 from servers.hf_server import Faults, HFTestServer
 
-from bitnet_xtask.download.store import FileLock, atomic_write_text, open_regular
 from bitnet_xtask.errors import UsageError
+from bitnet_xtask.filelock import FileLock
+from bitnet_xtask.fs import atomic_write_text, open_regular
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -4,7 +4,7 @@ The protocol side of the attack: sizes a server makes up (`X-Linked-Size` of 10^
 `abc`, `-5`, `0`), redirects that can't be followed (`http://[::1`, port 99999, `file://`,
 a host name that does not exist), ranged answers mangled on every request, credentials in
 `--base-url`, and revisions that are no git ref. Every test runs the real CLI in a
-subprocess against the project's HF-compatible server on 127.0.0.1 (tests/servers), and
+subprocess against the project's HF-compatible server on 127.0.0.1 (testing/servers), and
 checks what a user sees: the documented exit code, a message that says what happened, no
 traceback, no retry of what cannot succeed, and memory that stays bounded whatever the
 server claims (measured: the child's peak RSS from `wait4`, under an address-space limit).

@@ -6,7 +6,7 @@ sidecar) chooses reaching the user's terminal, and sidecars read without a bound
    went into messages as it was: escape codes that retitle the terminal or clear it, C1
    controls, 50 KB of text per line, and 64 KiB of `a-a-a-` kept the credential mask's
    regex busy for 45 s per message. It now goes through one rule
-   (`bitnet_xtask.download.untrusted.printable`): escaped (`\\x1b`), bounded, masked.
+   (`bitnet_xtask.untrusted.printable`): escaped (`\\x1b`), bounded, masked.
 2. `.part.json`, `.lock`, `.etag` and `.lastmod` are tiny by construction. A larger one
    (a multi-GB sparse file, `truncate -s 8G`, or a well-formed state padded past 1 MiB)
    is not read and counts as corrupt: the state as none (start again from byte 0), the
@@ -15,7 +15,7 @@ sidecar) chooses reaching the user's terminal, and sidecars read without a bound
    a newline inside an `InvalidHeader` (exit 14), a character outside Latin-1 a traceback.
 
 Every run is the real CLI in a subprocess against the project's HF-compatible server on
-127.0.0.1 (tests/servers/hf_server.py, whose `reason` fault sends the hostile status line);
+127.0.0.1 (testing/servers/hf_server.py, whose `reason` fault sends the hostile status line);
 locks are held with a real `flock` by this process.
 """
 
@@ -34,9 +34,10 @@ import pytest
 from conftest import REPO, Run, Xtask, payload, sha256
 from servers.hf_server import Faults, HFTestServer
 
-from bitnet_xtask.download.store import FileLock, metadata_ok
-from bitnet_xtask.download.untrusted import printable
+from bitnet_xtask.download.store import metadata_ok
+from bitnet_xtask.filelock import FileLock
 from bitnet_xtask.redact import redact_text
+from bitnet_xtask.untrusted import printable
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,8 +22,8 @@ from mounts import Mounts, fill_up
 
 from bitnet_xtask.cpp.bitnet_kernels import LUT_HEADER, generate_kernels
 from bitnet_xtask.crossval.logits_file import LogitsFile
-from bitnet_xtask.download.store import atomic_write_text
 from bitnet_xtask.errors import ExitCode, NoSpaceError, UsageError, XtaskError
+from bitnet_xtask.fs import atomic_write_text
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,7 +32,7 @@ NAME = "model.gguf"
 # A child that reports what a caller outside any `try` would show a user.
 _WRITE = (
     "import sys; from pathlib import Path; "
-    "from bitnet_xtask.download.store import atomic_write_text; "
+    "from bitnet_xtask.fs import atomic_write_text; "
     "from bitnet_xtask.errors import XtaskError\n"
     "try:\n"
     "    atomic_write_text(Path(sys.argv[1]), 'x')\n"

@@ -13,6 +13,7 @@ from conftest import Xtask
 from bitnet_xtask import __version__
 from bitnet_xtask.cli import main
 from bitnet_xtask.events import ConsoleReporter
+from bitnet_xtask.events.types import DownloadProgress, DownloadStart
 
 
 def test_version_via_python_m_and_console_script(xtask: Xtask) -> None:
@@ -63,28 +64,40 @@ class _Terminal(io.StringIO):
         return True
 
 
+def _start(file: str, total: int) -> DownloadStart:
+    return {"phase": "start", "command": "download-model", "file": file, "url": "u", "path": file,
+            "resume": False, "start": 0, "total": total, "connections": 1}  # fmt: skip
+
+
+def _progress(file: str, downloaded: int, total: int) -> DownloadProgress:
+    return {"phase": "progress", "command": "download-model", "file": file,
+            "downloaded": downloaded, "total": total}  # fmt: skip
+
+
 def test_reporter_draws_a_bar_on_a_terminal_and_never_on_json() -> None:
     err = _Terminal()
     reporter = ConsoleReporter(stdout=io.StringIO(), stderr=err)
-    reporter.emit({"phase": "start", "file": "m.gguf", "url": "u", "total": 2048, "start": 0})
-    reporter.emit({"phase": "progress", "file": "m.gguf", "downloaded": 1024, "total": 2048})
-    reporter.emit({"phase": "done", "file": "m.gguf", "path": "p", "bytes": 2048})
+    reporter.emit(_start("m.gguf", 2048))
+    reporter.emit(_progress("m.gguf", 1024, 2048))
+    reporter.emit({"phase": "done", "command": "download-model", "file": "m.gguf", "path": "p",
+                   "bytes": 2048, "ms": 1, "sha256": None, "commit": None, "cached": False,
+                   "source": "network"})  # fmt: skip
     text = err.getvalue()
     assert "downloading m.gguf" in text and "50%" in text and "saved: p (2.0 KiB)" in text
 
     out, err = io.StringIO(), _Terminal()
     reporter = ConsoleReporter(json_lines=True, stdout=out, stderr=err)
-    reporter.emit({"phase": "progress", "downloaded": 1, "total": 2})
+    reporter.emit(_progress("m", 1, 2))
     reporter.info("for people")
-    assert json.loads(out.getvalue()) == {"phase": "progress", "downloaded": 1, "total": 2}
+    assert json.loads(out.getvalue()) == _progress("m", 1, 2)
     assert err.getvalue() == "for people\n"
 
 
 def test_no_progress_and_non_tty_draw_no_bar() -> None:
     for stream, progress in ((_Terminal(), False), (io.StringIO(), None)):
         reporter = ConsoleReporter(progress=progress, stdout=io.StringIO(), stderr=stream)
-        reporter.emit({"phase": "start", "file": "m", "url": "u", "total": 10, "start": 0})
-        reporter.emit({"phase": "progress", "downloaded": 5, "total": 10})
+        reporter.emit(_start("m", 10))
+        reporter.emit(_progress("m", 5, 10))
         assert "%" not in stream.getvalue()
 
 

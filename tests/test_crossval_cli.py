@@ -17,7 +17,8 @@ from conftest import Xtask
 
 from bitnet_xtask.cpp.build import BuildResult
 from bitnet_xtask.crossval.receipt import schema_errors, verdict_errors
-from bitnet_xtask.crossval.runner import CrossvalRequest, run_crossval
+from bitnet_xtask.crossval.request import CrossvalRequest
+from bitnet_xtask.crossval.runner import run_crossval
 from bitnet_xtask.fixtures import generate_fixture
 
 ENGINE = Path(__file__).parent / "engines" / "numpy_engine.py"
@@ -57,7 +58,9 @@ def test_llama_cpp_matches_the_reference(
 ) -> None:
     model = fixtures / f"{arch}-{size}-{quant}-seed7.gguf"
     receipt = checked(
-        run_crossval(CrossvalRequest((model,), (f"cpp:{llama_bin.parent}", "numpy"), threads=2))
+        run_crossval(
+            CrossvalRequest((model,), (f"cpp:{llama_bin.parent}", "numpy"), threads=2)
+        ).to_receipt()
     )
     (comparison,) = receipt["models"][0]["runs"][0]["comparisons"]
     profile = "strict" if quant in ("f32", "f16") else "quantized"
@@ -68,7 +71,9 @@ def test_llama_cpp_matches_the_reference(
 def test_bitnet_cpp_runs_i2_s_like_the_reference(bitnet_bin: Path, fixtures: Path) -> None:
     model = fixtures / "bitnet-tiny-i2_s-seed7.gguf"
     receipt = checked(
-        run_crossval(CrossvalRequest((model,), (f"cpp:{bitnet_bin.parent}", "numpy"), threads=2))
+        run_crossval(
+            CrossvalRequest((model,), (f"cpp:{bitnet_bin.parent}", "numpy"), threads=2)
+        ).to_receipt()
     )
     assert receipt["verdict"]["passed"], receipt["verdict"]["failures"]
 
@@ -79,7 +84,7 @@ def test_bitnet_cpp_against_llama_cpp_on_one_bitnet_fixture(
 ) -> None:
     model = fixtures / f"bitnet-tiny-{quant}-seed7.gguf"
     backends = (f"cpp:{llama_bin.parent}", f"cpp:{bitnet_bin.parent}")
-    receipt = checked(run_crossval(CrossvalRequest((model,), backends, threads=2)))
+    receipt = checked(run_crossval(CrossvalRequest((model,), backends, threads=2)).to_receipt())
     run = receipt["models"][0]["runs"][0]
     assert [t["match"] for t in run["tokenization"]] == [True, True]  # both tokenize alike
     assert receipt["verdict"]["passed"], receipt["verdict"]["failures"]
@@ -96,7 +101,7 @@ def test_two_builds_with_different_flags_agree(
     assert "-DGGML_NATIVE=ON" in llama_native_build.receipt["inputs"]["cmake_flags"]
     model = fixtures / f"llama-small-{quant}-seed7.gguf"
     backends = (f"cpp:{llama_build.directory}", f"cpp:{llama_native_build.directory}")
-    receipt = checked(run_crossval(CrossvalRequest((model,), backends, threads=2)))
+    receipt = checked(run_crossval(CrossvalRequest((model,), backends, threads=2)).to_receipt())
     assert receipt["verdict"]["passed"], receipt["verdict"]["failures"]
     flags = [b["identity"]["receipt"]["inputs"]["cmake_flags"] for b in receipt["backends"]]
     assert flags[0] != flags[1]
@@ -352,13 +357,13 @@ def test_invalid_fixture_combinations_write_nothing(xtask: Xtask, tmp_path: Path
 
 
 def test_an_i2_s_model_without_metadata_is_read_from_its_header(tmp_path: Path) -> None:
-    from bitnet_xtask.crossval.receipt import inspect_model
+    from bitnet_xtask.crossval.model_facts import inspect_model
 
     fixture = generate_fixture("tiny", "bitnet", "i2_s", 0, tmp_path)
     fixture.metadata.unlink()
-    facts, _ = inspect_model(fixture.model)
-    assert (facts["arch"], facts["quant"], facts["metadata"]) == ("bitnet", "i2_s", None)
-    assert facts["sha256"] == fixture.sha256
+    facts = inspect_model(fixture.model)
+    assert (facts.arch, facts.quant, facts.metadata) == ("bitnet", "i2_s", None)
+    assert facts.sha256 == fixture.sha256
 
 
 def test_a_model_one_engine_cannot_run_fails_alone(

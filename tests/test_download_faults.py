@@ -26,6 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -477,85 +478,100 @@ def test_space_precheck_refuses_before_writing(
 # -- 7: cache validation -------------------------------------------------------------------------
 
 
-def test_cache_revalidation_with_real_nginx(xtask: Xtask, nginx: NginxServer) -> None:
-    name = "cache-revalidation.bin"
-    served = Path(nginx.root) / FILES_DIR / name
-    url = nginx.url + uri("", name)
-    first, second, third = (payload(200_000 + i, seed=70 + i) for i in range(3))
+@dataclass
+class _Served:
+    """One file nginx serves, republished with new bytes and a distinct mtime."""
 
-    def serve(data: bytes, mtime: int) -> str:
+    xtask: Xtask
+    nginx: NginxServer
+    name: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.nginx.root) / FILES_DIR / self.name
+
+    def publish(self, data: bytes, mtime: int) -> str:
         """Publish `data` with a distinct mtime (nginx's validators have 1 s resolution)."""
-        served.write_bytes(data)
-        os.utime(served, (mtime, mtime))
-        log = Log(nginx, uri("", name))
+        self.path.write_bytes(data)
+        os.utime(self.path, (mtime, mtime))
+        log = Log(self.nginx, uri("", self.name))
         with requests.Session() as session:
             session.trust_env = False
-            head = session.head(url, timeout=10)
+            head = session.head(self.nginx.url + uri("", self.name), timeout=10)
         assert head.status_code == 200
         log.wait(1)  # nginx logs after answering: keep this HEAD out of the next Log
         return head.headers["ETag"]
 
-    def download() -> tuple[Run, list[dict[str, Any]]]:
-        log = Log(nginx, uri("", name))
-        run = xtask.download(nginx.url, "--file", name, timeout=30)
+    def download(self) -> tuple[Run, list[dict[str, Any]]]:
+        log = Log(self.nginx, uri("", self.name))
+        run = self.xtask.download(self.nginx.url, "--file", self.name, timeout=30)
         assert run.code == 0, run.stderr
         return run, log.entries()
 
-    try:
-        etag = serve(first, 1_700_000_000)
-        run, entries = download()
-        assert last(run, "done")["cached"] is False
-        assert methods(entries) == ["GET", "HEAD"]
-        assert xtask.target(name).read_bytes() == first
-        assert xtask.target(name + ".etag").read_text().strip() == etag
-        lastmod = xtask.target(name + ".lastmod").read_text().strip()
-
-        # Current: a HEAD and nothing else.
-        run, entries = download()
-        done = last(run, "done")
-        assert done["cached"] is True and done["source"] == "up-to-date"
-        assert methods(entries) == ["HEAD"], entries
-
-        # No .etag, only .lastmod: a conditional GET, which nginx answers with 304.
-        xtask.target(name + ".etag").unlink()
-        run, entries = download()
-        done = last(run, "done")
-        assert done["cached"] is True and done["source"] == "up-to-date"
-        # One HEAD (its answer is reused) and one conditional GET.
-        assert methods(entries) == ["GET", "HEAD"], entries
-        (get,) = gets(entries)
-        assert get["http_if_modified_since"] == lastmod and get["http_if_none_match"] == ""
-        assert get["status"] == 304 and get["bytes_sent"] == 0
-        assert xtask.target(name).read_bytes() == first
-        assert leftovers(xtask, name) == []
-        # The 304 carried the ETag: the metadata is whole again.
-        assert xtask.target(name + ".etag").exists()
-
-        # Changed on the server: the HEAD shows a new ETag, and a plain GET fetches it.
-        etag = serve(second, 1_700_000_100)
-        run, entries = download()
-        done = last(run, "done")
-        assert done["cached"] is False and done["sha256"] == sha256(second)
-        assert methods(entries) == ["GET", "HEAD"], entries
-        (get,) = gets(entries)
-        assert get["http_if_modified_since"] == "" and get["http_if_none_match"] == ""
-        assert get["status"] == 200 and get["bytes_sent"] == len(second)
-        assert xtask.target(name).read_bytes() == second
-        assert xtask.target(name + ".etag").read_text().strip() == etag
-
-        # Changed again, with .etag present: the HEAD sees it, a plain GET fetches it.
-        serve(third, 1_700_000_200)
-        run, entries = download()
-        assert "changed on the server" in run.stderr
+    def assert_plain_get_of(self, data: bytes, run: Run, entries: list[dict[str, Any]]) -> None:
+        """A changed file: fetched again by an unconditional GET."""
         assert last(run, "done")["cached"] is False
         assert set(methods(entries)) == {"GET", "HEAD"}, entries
         (get,) = gets(entries)
         assert get["http_if_modified_since"] == "" and get["http_if_none_match"] == ""
-        assert get["status"] == 200 and get["bytes_sent"] == len(third)
-        assert xtask.target(name).read_bytes() == third
-        assert leftovers(xtask, name) == []
+        assert get["status"] == 200 and get["bytes_sent"] == len(data)
+        assert self.xtask.target(self.name).read_bytes() == data
+
+
+def test_cache_revalidation_with_real_nginx(xtask: Xtask, nginx: NginxServer) -> None:
+    served = _Served(xtask, nginx, "cache-revalidation.bin")
+    first, second, third = (payload(200_000 + i, seed=70 + i) for i in range(3))
+    try:
+        lastmod = _a_current_file_costs_one_head(served, first)
+        _only_lastmod_is_a_conditional_get(served, first, lastmod)
+        # Changed on the server: the HEAD shows a new ETag, and a plain GET fetches it.
+        etag = served.publish(second, 1_700_000_100)
+        run, entries = served.download()
+        served.assert_plain_get_of(second, run, entries)
+        assert last(run, "done")["sha256"] == sha256(second)
+        assert xtask.target(served.name + ".etag").read_text().strip() == etag
+        # Changed again, with .etag present: the HEAD sees it, a plain GET fetches it.
+        served.publish(third, 1_700_000_200)
+        run, entries = served.download()
+        assert "changed on the server" in run.stderr
+        served.assert_plain_get_of(third, run, entries)
+        assert leftovers(xtask, served.name) == []
     finally:
-        served.unlink(missing_ok=True)
+        served.path.unlink(missing_ok=True)
+
+
+def _a_current_file_costs_one_head(served: _Served, data: bytes) -> str:
+    """The first download saves `.etag` and `.lastmod`; the next is a HEAD and nothing
+    else. Returns the saved Last-Modified."""
+    xtask, name = served.xtask, served.name
+    etag = served.publish(data, 1_700_000_000)
+    run, entries = served.download()
+    assert last(run, "done")["cached"] is False
+    assert methods(entries) == ["GET", "HEAD"]
+    assert xtask.target(name).read_bytes() == data
+    assert xtask.target(name + ".etag").read_text().strip() == etag
+    run, entries = served.download()
+    done = last(run, "done")
+    assert done["cached"] is True and done["source"] == "up-to-date"
+    assert methods(entries) == ["HEAD"], entries
+    return xtask.target(name + ".lastmod").read_text().strip()
+
+
+def _only_lastmod_is_a_conditional_get(served: _Served, data: bytes, lastmod: str) -> None:
+    """No .etag, only .lastmod: a conditional GET, which nginx answers with 304."""
+    xtask, name = served.xtask, served.name
+    xtask.target(name + ".etag").unlink()
+    run, entries = served.download()
+    done = last(run, "done")
+    assert done["cached"] is True and done["source"] == "up-to-date"
+    # One HEAD (its answer is reused) and one conditional GET.
+    assert methods(entries) == ["GET", "HEAD"], entries
+    (get,) = gets(entries)
+    assert get["http_if_modified_since"] == lastmod and get["http_if_none_match"] == ""
+    assert get["status"] == 304 and get["bytes_sent"] == 0
+    assert xtask.target(name).read_bytes() == data
+    assert leftovers(xtask, name) == []
+    assert xtask.target(name + ".etag").exists()  # the 304 carried the ETag: whole again
 
 
 # -- 8: parallel streams -------------------------------------------------------------------------

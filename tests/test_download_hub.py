@@ -1,7 +1,7 @@
 """download-model against the project's HF-compatible server: the protocol, end to end.
 
 Every test runs the real CLI in a subprocess against a real HTTP server on 127.0.0.1
-(tests/servers/hf_server.py): a hub that redirects to a CDN on another port.
+(testing/servers/hf_server.py): a hub that redirects to a CDN on another port.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ def test_sha256_mismatch_removes_the_file_and_metadata(hf: HFTestServer, xtask: 
     assert "SHA-256 mismatch" in run.stderr and "0" * 64 in run.stderr
     assert run.events()[-1] == {
         "phase": "error",
+        "command": "download-model",
         "code": 13,
         "msg": run.events()[-1]["msg"],
         "hint": run.events()[-1]["hint"],

@@ -22,12 +22,12 @@ from references import SDIST_PIN, generate_with_cli, run_cli_and_harness
 from servers.nginx import NginxServer
 
 from bitnet_xtask.cpp.build import (
-    BuildError,
     BuildRequest,
     BuildResult,
     build_reference,
     resolve_pin,
 )
+from bitnet_xtask.cpp.compile import BuildError
 from bitnet_xtask.cpp.nar import nar_hash
 from bitnet_xtask.cpp.pins import SdistPin, load_pins
 from bitnet_xtask.errors import HashMismatchError, UsageError

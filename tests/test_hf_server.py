@@ -1,4 +1,4 @@
-"""Self-test of the fake Hugging Face hub/CDN in ``tests/servers/hf_server.py``.
+"""Self-test of the fake Hugging Face hub/CDN in ``testing/servers/hf_server.py``.
 
 Why: the downloader's tests trust this server as the reference peer, so its protocol behaviour
 and every fault it injects must be proven with a plain HTTP client first; otherwise a failing
@@ -26,7 +26,7 @@ REPO = "org/model"
 FILE = "weights/model.gguf"
 DATA = bytes(range(256)) * 1024  # 256 KiB, non-repeating within 256 bytes
 SHA = hashlib.sha256(DATA).hexdigest()
-SERVER_SCRIPT = Path(__file__).parent / "servers" / "hf_server.py"
+SERVER_SCRIPT = Path(__file__).parent.parent / "testing" / "servers" / "hf_server.py"
 
 
 @pytest.fixture

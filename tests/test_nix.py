@@ -619,7 +619,8 @@ def commands_the_suite_runs() -> set[str]:
     )
     return {
         found
-        for path in (ROOT / "tests").rglob("*.py")
+        for folder in ("tests", "testing")  # the suite and the servers it starts
+        for path in (ROOT / folder).rglob("*.py")
         for match in calls.finditer(path.read_text(encoding="utf-8"))
         for found in match.groups()
         if found

@@ -26,7 +26,7 @@ def test_packaged_pins() -> None:
     assert fork.owner == "Eddie-Wang1120" and len(fork.rev) == 40
     assert fork.rev == "406a5036f9a8aaee9ec5e96e652f61691340fe95"
     assert fork.hash == "sha256-XgnckPJt2C6OdbcOkt34grpGzfUNea874ElOIW/Fupk="
-    assert bitnet.tarball_url.endswith(f"/microsoft/BitNet/archive/{bitnet.rev}.tar.gz")
+    assert bitnet.tarball_url().endswith(f"/microsoft/BitNet/archive/{bitnet.rev}.tar.gz")
 
 
 def _mutated(change: Any) -> str:

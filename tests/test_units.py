@@ -22,14 +22,8 @@ from bitnet_xtask.download.retry import (
     parse_retry_after,
     retrying,
 )
-from bitnet_xtask.download.store import (
-    Chunk,
-    FileLock,
-    ResumeState,
-    atomic_write_text,
-    leaf_name,
-    model_dir,
-)
+from bitnet_xtask.download.state import Chunk, ResumeState
+from bitnet_xtask.download.store import leaf_name, model_dir
 from bitnet_xtask.download.transfer import MAX_PIECE, MIN_CHUNK, READ_SIZE, plan_chunks
 from bitnet_xtask.errors import (
     ExitCode,
@@ -38,6 +32,8 @@ from bitnet_xtask.errors import (
     RateLimitedError,
     UsageError,
 )
+from bitnet_xtask.filelock import FileLock
+from bitnet_xtask.fs import atomic_write_text
 
 
 @pytest.mark.parametrize(
@@ -219,7 +215,7 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import sys,time; from pathlib import Path;"
-            "from bitnet_xtask.download.store import FileLock;"
+            "from bitnet_xtask.filelock import FileLock;"
             "FileLock(Path(sys.argv[1]), 0).acquire(); print('held', flush=True); time.sleep(60)",
             str(path),
         ],

@@ -22,7 +22,7 @@ the folder is checked again just before removal: one that changed since it was l
 (another inode) is not removed.
 
 Nothing is removed under a writer's feet: a folder holding a lock file (`*.lock`, the
-`store.FileLock` of download-model's `<file>.lock` and fetch-cpp's `.lock`) whose flock a
+`filelock.FileLock` of download-model's `<file>.lock` and fetch-cpp's `.lock`) whose flock a
 live process holds is refused as "in use", naming the holder. The listing and `--dry-run`
 only ask (a shared flock tried and dropped: nothing is written or created); the removal
 takes every such lock itself, now or never, and holds it until the folder is gone (and a
@@ -50,7 +50,14 @@ from typing import TYPE_CHECKING
 from bitnet_xtask.errors import LockedError, UsageError, XtaskError
 
 if TYPE_CHECKING:
-    from bitnet_xtask.download.store import FileLock
+    from bitnet_xtask.filelock import FileLock
+
+#: The documented cache folders, relative to the working directory: models
+#: (download-model --out, crossval's search, full-crossval --out, clean-cache --models)
+#: and fixtures (gen-fixtures --output, full-crossval --fixtures-dir, clean-cache
+#: --fixtures). The CLI's defaults come from here (`commands.options`).
+MODELS_DIR = Path("models")
+FIXTURES_DIR = Path("crossval") / "fixtures"
 
 #: The Cache Directory Tagging Specification's file name and first line.
 CACHEDIR_TAG = "CACHEDIR.TAG"
@@ -97,7 +104,7 @@ def cache_home() -> Path:
 
 
 def cpp_cache_root() -> Path:
-    """The C++ reference builds of `fetch-cpp`: `<cache>/bitnet_cpp/<ref>-<rev>-<backend>/`."""
+    """Where `fetch-cpp` builds the C++ references, one directory each (`cpp.layout`)."""
     return cache_home() / "bitnet_cpp"
 
 
@@ -151,20 +158,21 @@ def make_cache_dir(directory: Path, *, root: Path | None = None) -> None:
 
 
 def is_tagged(directory: Path) -> bool:
-    """Whether `directory` holds a regular `CACHEDIR.TAG` that xtask wrote."""
-    tag = directory / CACHEDIR_TAG
+    """Whether `directory` holds a regular `CACHEDIR.TAG` that xtask wrote (never read
+    through a link, never from a FIFO: `fs.open_regular`)."""
+    from bitnet_xtask.fs import open_regular, read_bounded
+
     try:
-        fd = os.open(tag, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+        fd = open_regular(directory / CACHEDIR_TAG)
+    except (OSError, XtaskError):
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return False
-        text = os.read(fd, _TAG_LIMIT).decode("utf-8", "replace")
+        data = read_bounded(fd, _TAG_LIMIT)
     except OSError:
         return False
     finally:
         os.close(fd)
+    text = (data or b"").decode("utf-8", "replace")
     lines = text.splitlines()
     return bool(lines) and lines[0] == TAG_SIGNATURE and _TAG_OWNER in text
 
@@ -184,17 +192,6 @@ class CacheEntry:
     def removable(self) -> bool:
         """What `--yes` would do with it."""
         return self.refused is None
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "bytes": self.size,
-            "link": self.is_link,
-            "removable": self.removable,
-            "refused": self.refused,
-        }
 
 
 def walk(folder: Path) -> Iterator[os.DirEntry[str]]:
@@ -263,26 +260,29 @@ def _homes() -> list[Path]:
     return sorted(mine) + sorted(others - mine)
 
 
+def _protected() -> Iterator[tuple[Path, str, bool]]:
+    """Every folder no removal may touch, in the order they are asked (so the same path is
+    always refused for the same reason): the folder, the refusal, and whether what is
+    inside it is protected too (the trees the OS owns) or only the folder and its parents."""
+    for home in _homes():
+        yield home, f"it is or holds the home directory {home}", False
+    for path in _both(_working_directory()):
+        yield path, f"it is or holds the working directory {path}", False
+    for path in _both(cache_home()):
+        yield path, f"it is or holds the cache home {path}", False
+    for tree in SYSTEM_TREES:
+        yield tree, f"{tree} belongs to the operating system", True
+    for directory in (*SYSTEM_DIRS, Path(tempfile.gettempdir())):
+        yield directory, f"it is or holds the system directory {directory}", False
+
+
 def _protection(location: Path) -> str | None:
     """Why `location` may never be removed, whoever created it; None if it may."""
     if location == Path(location.anchor):
         return "it is the root of the file system"
-    for home in _homes():
-        if _holds(location, home):
-            return f"it is or holds the home directory {home}"
-    cwd = _working_directory()
-    for path in _both(cwd):
-        if _holds(location, path):
-            return f"it is or holds the working directory {path}"
-    for path in _both(cache_home()):
-        if _holds(location, path):
-            return f"it is or holds the cache home {path}"
-    for tree in SYSTEM_TREES:
-        if _holds(tree, location) or _holds(location, tree):
-            return f"{tree} belongs to the operating system"
-    for directory in (*SYSTEM_DIRS, Path(tempfile.gettempdir())):
-        if _holds(location, directory):
-            return f"it is or holds the system directory {directory}"
+    for folder, reason, inside_too in _protected():
+        if _holds(location, folder) or (inside_too and _holds(folder, location)):
+            return reason
     return None
 
 
@@ -290,7 +290,7 @@ def documented_caches() -> tuple[Path, ...]:
     """The locations the README names as xtask's caches, where they really are: the
     defaults `./models` and `./crossval/fixtures`, and `$XDG_CACHE_HOME/bitnet_cpp`."""
     cwd = _working_directory().resolve()
-    return (cwd / "models", cwd / "crossval" / "fixtures", cache_home().resolve() / "bitnet_cpp")
+    return (cwd / MODELS_DIR, cwd / FIXTURES_DIR, cache_home().resolve() / "bitnet_cpp")
 
 
 def _provenance(location: Path, is_link: bool) -> bool:
@@ -319,21 +319,10 @@ def refusal_hint(reason: str) -> str:
 
 def _place_refusal(path: Path) -> str | None:
     """`refusal()` for what `path` is and where it is (everything but its locks)."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return "it does not exist"
-    except OSError as exc:
-        return f"it cannot be inspected ({exc.strerror})"
-    is_link = stat.S_ISLNK(info.st_mode)
-    if not is_link and not stat.S_ISDIR(info.st_mode):
-        from bitnet_xtask.download.store import file_kind
-
-        return f"it is {file_kind(info.st_mode)}, not a directory (only cache folders are removed)"
-    try:
-        location = _location(path, is_link)
-    except (OSError, RuntimeError) as exc:  # a link loop in its parents
-        return f"its location cannot be resolved ({exc})"
+    found = _locate(path)
+    if isinstance(found, str):
+        return found
+    location, is_link = found
     if reason := _protection(location):
         return reason
     if not _provenance(location, is_link):
@@ -344,9 +333,29 @@ def _place_refusal(path: Path) -> str | None:
     return None
 
 
+def _locate(path: Path) -> tuple[Path, bool] | str:
+    """Where the folder (or link) `path` really is and whether it is a link, or why it
+    cannot be a cache folder at all: missing, not a directory, or nowhere resolvable."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return "it does not exist"
+    except OSError as exc:
+        return f"it cannot be inspected ({exc.strerror})"
+    is_link = stat.S_ISLNK(info.st_mode)
+    if not is_link and not stat.S_ISDIR(info.st_mode):
+        from bitnet_xtask.fs import file_kind
+
+        return f"it is {file_kind(info.st_mode)}, not a directory (only cache folders are removed)"
+    try:
+        return _location(path, is_link), is_link
+    except (OSError, RuntimeError) as exc:  # a link loop in its parents
+        return f"its location cannot be resolved ({exc})"
+
+
 def lock_files(folder: Path) -> list[Path]:
     """Every regular file named `*.lock` under `folder`, links never followed: the
-    `<file>.lock` of download-model and the `.lock` of fetch-cpp (both `store.FileLock`)."""
+    `<file>.lock` of download-model and the `.lock` of fetch-cpp (both `filelock.FileLock`)."""
     found: list[Path] = []
     for entry in walk(folder):
         with contextlib.suppress(OSError):
@@ -359,7 +368,7 @@ def in_use(folder: Path) -> str | None:
     """Why `folder` is busy: the first lock file in it whose flock a live process holds
     (the kernel drops a flock when its holder dies, so a lock file left by a killed
     process does not count), or None. Only asks: takes nothing, writes nothing."""
-    from bitnet_xtask.download.store import FileLock
+    from bitnet_xtask.filelock import FileLock
 
     for path in lock_files(folder):
         try:
@@ -372,7 +381,7 @@ def in_use(folder: Path) -> str | None:
 
 
 def _is_build(folder: Path) -> bool:
-    """A fetch-cpp build folder, `<cache>/bitnet_cpp/<ref>-<rev>-<backend>/`."""
+    """A fetch-cpp build folder: any directory in `<cache>/bitnet_cpp/` (`cpp.layout`)."""
     return folder.resolve().parent == cpp_cache_root().resolve()
 
 
@@ -382,12 +391,13 @@ def _take_locks(folder: Path, mine: set[Path]) -> list[tuple[FileLock, bool]]:
     taken already for another selected entry) are skipped, and those taken are added to
     it. A live holder is a refusal (exit 2, nothing removed, the locks taken so far let go
     untouched)."""
-    from bitnet_xtask.download.store import FileLock
+    from bitnet_xtask.cpp.layout import LOCK
+    from bitnet_xtask.filelock import FileLock
 
     taken: list[tuple[FileLock, bool]] = []
     found = lock_files(folder)
     wanted = [(path, False) for path in found]
-    top = folder / ".lock"
+    top = folder / LOCK
     if _is_build(folder) and top not in found:
         wanted.insert(0, (top, True))
     try:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
-from bitnet_xtask.download.store import file_kind
-from bitnet_xtask.errors import UsageError
+from bitnet_xtask import fs
+from bitnet_xtask.errors import UsageError, XtaskError
 
 MiB = 1 << 20
 #: The largest text input a command accepts unless it says otherwise: manifests, prompt
@@ -26,27 +25,24 @@ DEFAULT_LIMIT = 16 * MiB
 
 
 def open_regular(path: Path, *, what: str) -> tuple[int, os.stat_result]:
-    """A read-only descriptor of the regular file at `path` and its fstat; the caller
-    closes it. Opened with O_NONBLOCK (so opening a FIFO returns at once) and checked with
-    fstat on the open descriptor, so what is checked is what is read."""
+    """A read-only descriptor of the regular file at `path` (a link to one is fine: the
+    user chose it) and its fstat; the caller closes it. `fs.open_regular`'s rule, in
+    words that name `what` the file was meant to be."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = fs.open_regular(path, follow_links=True)
     except FileNotFoundError:
         raise UsageError(f"{what} {path} does not exist") from None
-    except OSError as exc:
-        raise UsageError(f"cannot open {what} {path}: {exc.strerror}") from None
+    except fs.NotRegularFileError as exc:
+        raise UsageError(
+            f"{what} {path} is not a regular file ({exc.kind})", "give the path of a file"
+        ) from None
+    except XtaskError as exc:
+        raise UsageError(f"cannot open {what} {path}: {fs.os_reason(exc)}") from None
     try:
-        info = os.fstat(fd)
+        return fd, os.fstat(fd)
     except OSError as exc:
         os.close(fd)
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise UsageError(
-            f"{what} {path} is not a regular file ({file_kind(info.st_mode)})",
-            "give the path of a file",
-        )
-    return fd, info
 
 
 def read_bytes(path: Path, *, what: str, limit: int = DEFAULT_LIMIT) -> bytes:

@@ -8,9 +8,11 @@ from pathlib import Path
 import click
 
 from bitnet_xtask.cache import CacheEntry, cache_entries, check_selection, remove_entries
-from bitnet_xtask.commands.common import reporting
+from bitnet_xtask.commands import options
+from bitnet_xtask.commands.common import make_reporter, reporting
 from bitnet_xtask.errors import UsageError
-from bitnet_xtask.events import ConsoleReporter, human_bytes
+from bitnet_xtask.events import Reporter
+from bitnet_xtask.events import types as event_types
 
 
 def parse_selection(answer: str, count: int) -> list[int]:
@@ -28,72 +30,66 @@ def parse_selection(answer: str, count: int) -> list[int]:
     return sorted(set(picks))
 
 
+def _entry_event(index: int, entry: CacheEntry) -> event_types.CacheEntry:
+    return {
+        "phase": "entry",
+        "index": index,
+        "name": entry.name,
+        "path": str(entry.path),
+        "bytes": entry.size,
+        "link": entry.is_link,
+        "removable": entry.removable,
+        "refused": entry.refused,
+    }
+
+
+def _selection(entries: list[CacheEntry], yes: bool, reporter: Reporter) -> list[CacheEntry]:
+    """Everything with --yes; else what a person at a terminal picks; else nothing."""
+    if yes:
+        return entries
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        answer = click.prompt(
+            "remove which? (numbers like '1 3', 'all', or nothing)",
+            default="",
+            show_default=False,
+            err=True,
+        )
+        return [entries[i] for i in parse_selection(answer, len(entries))]
+    reporter.info("not a terminal: nothing removed (use --yes to remove all)")
+    return []
+
+
 @click.command("clean-cache")
 @click.option("--yes", is_flag=True, help="Remove every listed cache without asking.")
 @click.option(
     "--dry-run", is_flag=True, help="List the caches and what --yes would do; remove nothing."
 )
-@click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout.")
-@click.option(
-    "--models", type=click.Path(path_type=Path), default=Path("models"), show_default=True
-)
-@click.option(
-    "--fixtures",
-    type=click.Path(path_type=Path),
-    default=Path("crossval/fixtures"),
-    show_default=True,
-)
+@options.json_output
+@options.models_folder("--models", help="The models folder of download-model.")
+@options.fixtures_folder("--fixtures", help="The crossval fixtures folder.")
+@click.pass_context
 def clean_cache_command(
-    yes: bool, dry_run: bool, json_lines: bool, models: Path, fixtures: Path
+    ctx: click.Context, yes: bool, dry_run: bool, json_lines: bool, models: Path, fixtures: Path
 ) -> None:
     """List models, fetch-cpp builds and crossval fixtures with their sizes; remove some."""
-    reporter = ConsoleReporter(json_lines=json_lines, progress=False)
-
-    def say(event: dict[str, object], text: str) -> None:
-        if json_lines:
-            reporter.emit(event)
-        else:
-            click.echo(text)
-
+    reporter = make_reporter(ctx, json_lines)
     with reporting(reporter):
         entries = cache_entries(models, fixtures)
         for number, entry in enumerate(entries, start=1):
-            link = " (symlink: only the link is removed)" if entry.is_link else ""
-            refused = f"  [refused: {entry.refused}]" if entry.refused else ""
-            say(
-                {"phase": "entry", "index": number, **entry.to_dict()},
-                f"{number:>3}  {human_bytes(entry.size):>10}  {entry.name}: {entry.path}"
-                f"{link}{refused}",
-            )
-        if not entries:
-            say({"phase": "done", "removed": [], "bytes": 0}, "nothing to clean")
-            return
+            reporter.emit(_entry_event(number, entry))
+        removed: list[CacheEntry] = []
         if dry_run:
             # Exactly what --yes would do: the same entries, judged by the same rule.
             check_selection(entries, entries)
-            total = sum(entry.size for entry in entries)
-            say(
-                {"phase": "done", "removed": [], "bytes": 0},
-                f"dry run: --yes would remove {len(entries)} of {len(entries)} "
-                f"({human_bytes(total)}); removed nothing",
-            )
-            return
-        selected: list[CacheEntry] = []
-        if yes:
-            selected = entries
-        elif sys.stdin.isatty() and sys.stderr.isatty():
-            answer = click.prompt(
-                "remove which? (numbers like '1 3', 'all', or nothing)",
-                default="",
-                show_default=False,
-                err=True,
-            )
-            selected = [entries[i] for i in parse_selection(answer, len(entries))]
-        else:
-            click.echo("not a terminal: nothing removed (use --yes to remove all)", err=True)
-        removed = remove_entries(selected, entries)
-        total = sum(entry.size for entry in removed)
-        say(
-            {"phase": "done", "removed": [str(e.path) for e in removed], "bytes": total},
-            f"removed {len(removed)} of {len(entries)} ({human_bytes(total)})",
+        elif entries:
+            removed = remove_entries(_selection(entries, yes, reporter), entries)
+        reporter.emit(
+            {
+                "phase": "done",
+                "removed": [str(entry.path) for entry in removed],
+                "bytes": sum(entry.size for entry in removed),
+                "listed": len(entries),
+                "listed_bytes": sum(entry.size for entry in entries),
+                "dry_run": dry_run,
+            }
         )

@@ -1,4 +1,4 @@
-"""What every command adapter shares."""
+"""What every command adapter shares: its reporter, its error event, and `Seconds`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,29 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from bitnet_xtask.errors import XtaskError
-from bitnet_xtask.events import Reporter
+from bitnet_xtask.events import ConsoleReporter, Reporter
+
+
+def command_name(ctx: click.Context) -> str:
+    """The command as the user typed it below `xtask`: `crossval verify-receipt`."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.command.name or ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
+def make_reporter(
+    ctx: click.Context, json_lines: bool, *, progress: bool | None = False, verbose: bool = False
+) -> ConsoleReporter:
+    """The one way a command makes its reporter: `--json` from the command, `-v/--verbose`
+    from the group (or the command's own flag), and the command's name stamped on its
+    events, so `done` says whose it is."""
+    group = ctx.find_root().obj
+    loud = verbose or bool(isinstance(group, dict) and group.get("verbose"))
+    return ConsoleReporter(
+        json_lines=json_lines, progress=progress, verbose=loud, command=command_name(ctx)
+    )
 
 
 @contextmanager

@@ -8,13 +8,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from bitnet_xtask.commands.common import Seconds, reporting
+from bitnet_xtask.commands.common import Seconds, make_reporter, reporting
+from bitnet_xtask.commands.options import json_output, models_folder
 from bitnet_xtask.download.defaults import DEFAULT_FILE, DEFAULT_REPO
 from bitnet_xtask.errors import UsageError
-from bitnet_xtask.events import ConsoleReporter
+from bitnet_xtask.events import Reporter
 
 if TYPE_CHECKING:
-    from bitnet_xtask.download import FileSpec
+    from bitnet_xtask.download import DownloadPlan, FileSpec
 
 
 @click.command("download-model")
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     type=click.Path(path_type=Path, dir_okay=False),
     help="File listing many files (`path [sha256]` lines, or JSON).",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=Path("models"), show_default=True)
+@models_folder("--out")
 @click.option("--rev", default="main", show_default=True, help="Branch, tag or commit.")
 @click.option("--sha256", help="Expected SHA-256 (hex) of the file.")
 @click.option("--force", is_flag=True, help="Download again even if the file is current.")
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     "--base-url",
     help="Hub or mirror URL.  [default: $HF_ENDPOINT or https://huggingface.co]",
 )
-@click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout, one per line.")
+@json_output
 @click.option("--retries", type=click.IntRange(0), default=3, show_default=True)
 @click.option(
     "--timeout",
@@ -93,10 +94,8 @@ def download_model_command(
     dry_run: bool,
 ) -> None:
     """Fetch a GGUF (or any file) from Hugging Face or a mirror: resumable, verified."""
-    reporter = ConsoleReporter(
-        json_lines=json_lines,
-        progress=False if no_progress else None,
-        verbose=verbose or ctx.obj["verbose"],
+    reporter = make_reporter(
+        ctx, json_lines, progress=False if no_progress else None, verbose=verbose
     )
     with reporting(reporter):
         from bitnet_xtask.download import DownloadOptions, download_files, plan_download
@@ -116,22 +115,26 @@ def download_model_command(
             use_hf_cache=not no_hf_cache,
         )
         if dry_run:
-            for plan in plan_download(specs, options, reporter):
-                reporter.emit(
-                    {
-                        "phase": "plan",
-                        "url": plan.url,
-                        "path": str(plan.path),
-                        "total": plan.size,
-                        "start": plan.resume_from,
-                        "free_bytes": plan.free_bytes,
-                        "connections": plan.connections,
-                        "commit": plan.commit,
-                        "up_to_date": plan.up_to_date,
-                    }
-                )
+            _emit_plans(reporter, plan_download(specs, options, reporter))
             return
         download_files(specs, options, reporter)
+
+
+def _emit_plans(reporter: Reporter, plans: Sequence[DownloadPlan]) -> None:
+    for plan in plans:
+        reporter.emit(
+            {
+                "phase": "plan",
+                "url": plan.url,
+                "path": str(plan.path),
+                "total": plan.size,
+                "start": plan.resume_from,
+                "free_bytes": plan.free_bytes,
+                "connections": plan.connections,
+                "commit": plan.commit,
+                "up_to_date": plan.up_to_date,
+            }
+        )
 
 
 def _file_specs(files: Sequence[str], manifest: Path | None, sha256: str | None) -> list[FileSpec]:

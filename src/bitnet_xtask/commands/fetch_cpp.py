@@ -6,28 +6,13 @@ from pathlib import Path
 
 import click
 
-from bitnet_xtask.commands.common import reporting
+from bitnet_xtask.commands import options
+from bitnet_xtask.commands.common import make_reporter, reporting
 from bitnet_xtask.errors import UsageError
-from bitnet_xtask.events import ConsoleReporter
-
-
-def _cuda_from_preflight() -> tuple[bool, tuple[str, ...]]:
-    """Whether preflight sees a CUDA GPU, and the SM architectures of those it sees
-    (empty when it cannot tell: then llama.cpp's default architecture list applies)."""
-    from bitnet_xtask.gpu.detect import detect_runtime
-
-    cuda = detect_runtime().cuda
-    archs = {d.compute_capability.replace(".", "") for d in cuda.devices if d.compute_capability}
-    return cuda.available, tuple(sorted(archs))
 
 
 @click.command("fetch-cpp")
-@click.option(
-    "--ref",
-    type=click.Choice(["llama.cpp", "bitnet.cpp"]),
-    default="llama.cpp",
-    show_default=True,
-)
+@options.ref(default="llama.cpp")
 @click.option(
     "--rev", help="Build this commit (7-40 hex digits) of the reference's GitHub repository."
 )
@@ -57,11 +42,11 @@ def _cuda_from_preflight() -> tuple[bool, tuple[str, ...]]:
 @click.option("--native", is_flag=True, help="GGML_NATIVE=ON: tune for this CPU (not portable).")
 @click.option("--force", is_flag=True, help="Build again even if the receipt matches.")
 @click.option("--clean", is_flag=True, help="Remove the build directory first.")
-@click.option(
-    "--jobs", type=click.IntRange(1, 4096), help="Parallel compile jobs (Ninja's default)."
-)
-@click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout.")
+@options.jobs
+@options.json_output
+@click.pass_context
 def fetch_cpp_command(
+    ctx: click.Context,
     ref: str,
     rev: str | None,
     tag: str | None,
@@ -77,23 +62,14 @@ def fetch_cpp_command(
     json_lines: bool,
 ) -> None:
     """Fetch a pinned C++ reference, verify it, and build it with CMake + Ninja."""
-    reporter = ConsoleReporter(json_lines=json_lines, progress=False)
+    reporter = make_reporter(ctx, json_lines)
     with reporting(reporter):
-        from bitnet_xtask.cpp.build import (
-            BuildRequest,
-            build_reference,
-            check_cuda_archs,
-            requested_revision,
-        )
+        from bitnet_xtask.cpp.build import BuildRequest, build_reference, requested_revision
 
         revision = requested_revision(rev, tag)
         if revision is not None and source:
             raise UsageError("--source builds a local tree: it takes no --rev/--tag")
-        check_cuda_archs(cuda_archs)  # before asking the GPUs: the user's typo first
-        if backend == "auto":
-            has_cuda, detected = _cuda_from_preflight()
-            backend = "cuda" if has_cuda else "cpu"
-            cuda_archs = cuda_archs or detected
+        # --backend auto is resolved by build_reference, after it checks --cuda-arch.
         request = BuildRequest(
             ref=ref,
             backend=backend,
@@ -108,8 +84,6 @@ def fetch_cpp_command(
             source=source,
         )
         result = build_reference(request, reporter=reporter)
-        if not json_lines:
-            return  # the reporter's lines already said what happened
         reporter.emit(
             {
                 "phase": "done",

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import click
 
-from bitnet_xtask.commands.common import reporting
-from bitnet_xtask.commands.crossval import (
-    BACKEND_TIMEOUT,
+from bitnet_xtask.commands import options
+from bitnet_xtask.commands.common import make_reporter, reporting
+from bitnet_xtask.commands.crossval_shared import (
     default_receipt,
     finish,
     read_prompts,
     writable_receipt,
 )
-from bitnet_xtask.events import ConsoleReporter
 from bitnet_xtask.fixtures.names import ARCHS, QUANTS
 
 
@@ -29,45 +28,25 @@ from bitnet_xtask.fixtures.names import ARCHS, QUANTS
 @click.option("--arch", type=click.Choice(ARCHS), default="llama", show_default=True)
 @click.option("--quant", type=click.Choice(QUANTS), default="f32", show_default=True)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@click.option(
-    "--fixtures-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("crossval/fixtures"),
-    show_default=True,
-)
+@options.fixtures_folder("--fixtures-dir", file_okay=False)
 @click.option("--id", "repo", help="Download this Hugging Face repo's model instead of a fixture.")
 @click.option("--file", help="The file to download with --id.  [default: download-model's]")
-@click.option(
-    "--out",
-    "models_dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("models"),
-    show_default=True,
-    help="Where --id downloads go.",
+@options.models_folder("--out", "models_dir", file_okay=False, help="Where --id downloads go.")
+@options.ref(
+    default=None, help="The C++ reference.  [default: bitnet.cpp for i2_s, else llama.cpp]"
 )
-@click.option(
-    "--ref",
-    type=click.Choice(["llama.cpp", "bitnet.cpp"]),
-    help="The C++ reference.  [default: bitnet.cpp for i2_s, else llama.cpp]",
-)
-@click.option("--jobs", type=click.IntRange(1), help="Parallel compile jobs for fetch-cpp.")
+@options.jobs
 @click.option(
     "--backend",
     "backends",
     multiple=True,
     help="Override the compared backends (default: the built reference and numpy).",
 )
-@click.option("--prompt", "prompt", multiple=True, help="Repeatable.")
-@click.option(
-    "--prompts", "prompts_file", type=click.Path(path_type=Path, dir_okay=False, exists=True)
-)
-@click.option("--n-predict", type=click.IntRange(0), default=8, show_default=True)
-@click.option("--tolerance-profile", "profile", help="strict, quantized or a JSON file.")
-@click.option("--threads", type=click.IntRange(1), help="Threads for cpp backends.")
-@BACKEND_TIMEOUT
-@click.option("--receipt", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout.")
+@options.comparison
+@options.json_output
+@click.pass_context
 def full_crossval_command(
+    ctx: click.Context,
     fixture: str,
     arch: str,
     quant: str,
@@ -89,7 +68,7 @@ def full_crossval_command(
     json_lines: bool,
 ) -> None:
     """Model -> fetch-cpp -> crossval in one command; every step is skipped when done."""
-    reporter = ConsoleReporter(json_lines=json_lines, progress=False)
+    reporter = make_reporter(ctx, json_lines)
     with reporting(reporter):
         from bitnet_xtask.crossval.pipeline import FullCrossvalRequest, run_full_crossval
 
@@ -100,4 +79,4 @@ def full_crossval_command(
             threads=threads, timeout=backend_timeout,
         )  # fmt: skip
         path = writable_receipt(receipt or default_receipt())
-        finish(run_full_crossval(request, reporter), path, reporter, json_lines)
+        finish(run_full_crossval(request, reporter), path, reporter)

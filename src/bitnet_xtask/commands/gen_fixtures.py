@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from bitnet_xtask.commands.common import reporting
+from bitnet_xtask.commands import options
+from bitnet_xtask.commands.common import make_reporter, reporting
 from bitnet_xtask.errors import UsageError
-from bitnet_xtask.events import ConsoleReporter, human_bytes
 from bitnet_xtask.fixtures.names import ARCHS, QUANTS, SIZE_NAMES
 
 
@@ -41,14 +41,11 @@ from bitnet_xtask.fixtures.names import ARCHS, QUANTS, SIZE_NAMES
     help="Repeatable.",
 )
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
-@click.option(
-    "--output",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("crossval/fixtures"),
-    show_default=True,
-)
-@click.option("--json", "json_lines", is_flag=True, help="JSON events on stdout.")
+@options.fixtures_folder("--output", file_okay=False, help="Where the models go.")
+@options.json_output
+@click.pass_context
 def gen_fixtures_command(
+    ctx: click.Context,
     sizes: tuple[str, ...],
     archs: tuple[str, ...],
     quants: tuple[str, ...],
@@ -57,28 +54,25 @@ def gen_fixtures_command(
     json_lines: bool,
 ) -> None:
     """Write small, deterministic, real GGUF models and a metadata JSON beside each."""  # fmt: skip
-    reporter = ConsoleReporter(json_lines=json_lines, progress=False)
+    reporter = make_reporter(ctx, json_lines)
     with reporting(reporter):
-        from bitnet_xtask.download.store import refuse_unless_replaceable
-        from bitnet_xtask.fixtures import FixtureSpec, generate_fixture
-        from bitnet_xtask.fixtures.generate import fixture_paths
+        from bitnet_xtask.fixtures import FixtureSpec
+        from bitnet_xtask.fixtures.generate import generate_fixtures
 
-        combinations = [(s, a, q) for s in sizes for a in archs for q in quants]
         try:  # every combination and target checked before any file is written
-            for size, arch, quant in combinations:
-                for target in fixture_paths(FixtureSpec.parse(size, arch, quant, seed), output):
-                    refuse_unless_replaceable(target)
+            specs = [
+                FixtureSpec.parse(size, arch, quant, seed)
+                for size in sizes
+                for arch in archs
+                for quant in quants
+            ]
         except ValueError as exc:
             raise UsageError(str(exc), "i2_s goes with --arch bitnet only") from None
-        for size, arch, quant in combinations:
-            result = generate_fixture(size, arch, quant, seed, output)
-            reporter.info(
-                f"{result.model} ({human_bytes(result.size_bytes)}, sha256 {result.sha256[:12]}...)"
-            )
-            if json_lines:
-                reporter.emit(
-                    {"phase": "fixture", "model": str(result.model),
-                     "metadata": str(result.metadata), "sha256": result.sha256,
-                     "size_bytes": result.size_bytes, "size": size, "arch": arch,
-                     "quant": quant, "seed": seed}
-                )  # fmt: skip
+        for result in generate_fixtures(specs, output):
+            size, arch, quant = result.spec.size, result.spec.arch, result.spec.quant
+            reporter.emit(
+                {"phase": "fixture", "model": str(result.model),
+                 "metadata": str(result.metadata), "sha256": result.sha256,
+                 "size_bytes": result.size_bytes, "size": size, "arch": arch,
+                 "quant": quant, "seed": seed}
+            )  # fmt: skip

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
+from click.core import ParameterSource
 
-from bitnet_xtask.commands.common import Seconds
-from bitnet_xtask.errors import ExitCode
+from bitnet_xtask.commands import options
+from bitnet_xtask.commands.common import Seconds, make_reporter, reporting
+from bitnet_xtask.errors import CheckFailedError, ExitCode
+from bitnet_xtask.events import ConsoleReporter
 
 if TYPE_CHECKING:
     from bitnet_xtask.gpu.detect import RuntimeReport
@@ -75,8 +77,30 @@ def _binary_line(binary: BinaryFacts) -> str:
     return f"    {binary.path}: {', '.join(binary.backends) or 'cpu only'}{code}"
 
 
-def _emit(fmt: str, data: dict[str, Any], text: list[str]) -> None:
-    click.echo(json.dumps(data, indent=2) if fmt == "json" else "\n".join(text))
+def _report_reporter(ctx: click.Context, fmt: str, json_lines: bool) -> ConsoleReporter:
+    """`--json` is `--format json` (the guide documents --format; every command takes
+    --json); `--format text --json` asks for both, which is a usage error."""
+    if (
+        json_lines
+        and fmt == "text"
+        and ctx.get_parameter_source("fmt") == ParameterSource.COMMANDLINE
+    ):
+        raise click.UsageError("give --json or --format text, not both", ctx)
+    return make_reporter(ctx, json_lines or fmt == "json")
+
+
+def _preflight_text(report: PreflightReport) -> list[str]:
+    runtime, facts = report.runtime, list(report.binaries)
+    return [
+        "Device Capabilities:",
+        f"  Compiled: {_compiled_line(report)}",
+        f"  Runtime: {_runtime_line(runtime)}",
+        "",
+        *(["Binaries:", *(_binary_line(b) for b in facts)] if facts else []),
+        *(["Fit:", *(f"  {_mark(f.ok)} {f.message}" for f in report.findings)]
+          if report.findings else []),
+        "✓ GPU: Available" if runtime.any_available else "✗ GPU: Not available (CPU only)",
+    ]  # fmt: skip
 
 
 @click.command("preflight")
@@ -89,24 +113,19 @@ def _emit(fmt: str, data: dict[str, Any], text: list[str]) -> None:
     "[default: the fetch-cpp builds' bin/]",
 )
 @click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
+@options.json_output
 @click.option("--probe-timeout", type=Seconds(0.1, maximum=3600), default=5.0, show_default=True)
-def preflight_command(binaries: tuple[Path, ...], fmt: str, probe_timeout: float) -> None:
+@click.pass_context
+def preflight_command(
+    ctx: click.Context, binaries: tuple[Path, ...], fmt: str, json_lines: bool, probe_timeout: float
+) -> None:
     """What this machine can run, what the binaries were built for, and the fit."""
-    from bitnet_xtask.gpu.preflight import run_preflight
+    reporter = _report_reporter(ctx, fmt, json_lines)
+    with reporting(reporter):
+        from bitnet_xtask.gpu.preflight import run_preflight
 
-    report = run_preflight(binaries, probe_timeout)
-    runtime, facts = report.runtime, list(report.binaries)
-    text = [
-        "Device Capabilities:",
-        f"  Compiled: {_compiled_line(report)}",
-        f"  Runtime: {_runtime_line(runtime)}",
-        "",
-        *(["Binaries:", *(_binary_line(b) for b in facts)] if facts else []),
-        *(["Fit:", *(f"  {_mark(f.ok)} {f.message}" for f in report.findings)]
-          if report.findings else []),
-        "✓ GPU: Available" if runtime.any_available else "✗ GPU: Not available (CPU only)",
-    ]  # fmt: skip
-    _emit(fmt, report.to_dict(), text)
+        report = run_preflight(binaries, probe_timeout)
+    reporter.report(report.to_dict(), "\n".join(_preflight_text(report)))
     if not report.fits:
         raise click.exceptions.Exit(ExitCode.FAILURE)
 
@@ -114,17 +133,23 @@ def preflight_command(binaries: tuple[Path, ...], fmt: str, probe_timeout: float
 @click.command("gpu-preflight")
 @click.option("--require", is_flag=True, help="Exit 1 when no GPU backend is available.")
 @click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
+@options.json_output
 @click.option("--probe-timeout", type=Seconds(0.1, maximum=3600), default=5.0, show_default=True)
-def gpu_preflight_command(require: bool, fmt: str, probe_timeout: float) -> None:
+@click.pass_context
+def gpu_preflight_command(
+    ctx: click.Context, require: bool, fmt: str, json_lines: bool, probe_timeout: float
+) -> None:
     """Which GPU backends can run here (CUDA, ROCm, Metal, WebGPU)."""
-    from bitnet_xtask.gpu.detect import detect_runtime
+    reporter = _report_reporter(ctx, fmt, json_lines)
+    with reporting(reporter):
+        from bitnet_xtask.gpu.detect import detect_runtime
 
-    report = detect_runtime(probe_timeout)
+        report = detect_runtime(probe_timeout)
     text = ["GPU preflight:", *_device_lines(report)]
     text.append("✓ GPU: Available" if report.any_available else "✗ GPU: Not available")
-    _emit(fmt, report.to_dict(), text)
+    # The report is the one document on stdout: a failure after it is said on stderr only.
+    reporter.report(report.to_dict(), "\n".join(text))
+    if not report.any_available and require:
+        raise CheckFailedError("no GPU backend available (--require)")
     if not report.any_available:
-        if require:
-            click.echo("error: no GPU backend available (--require)", err=True)
-            raise click.exceptions.Exit(ExitCode.FAILURE)
-        click.echo("warning: no GPU backend available; continuing on the CPU", err=True)
+        reporter.info("warning: no GPU backend available; continuing on the CPU")

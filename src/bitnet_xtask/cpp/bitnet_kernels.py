@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bitnet_xtask.download.store import atomic_write_text
+from bitnet_xtask.fs import atomic_write_text
 
 KERNELS = ("i2_s",)
 LUT_HEADER = Path("include") / "bitnet-lut-kernels.h"

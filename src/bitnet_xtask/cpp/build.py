@@ -1,9 +1,10 @@
 """`build_reference()`: fetch, verify and build a pinned C++ reference, idempotently.
 
-Layout, per reference, revision and backend, under `$XDG_CACHE_HOME/bitnet_cpp/`:
+Layout, per reference, revision and backend, under `$XDG_CACHE_HOME/bitnet_cpp/` (the
+name is `cpp.layout.directory_name`'s, the one rule crossval and nix/ read too):
 
 ```
-<ref>-<rev>-<backend>/
+<ref>-<rev>-<backend>[-native]/
   src/            the verified source tree (or a link to --source)
   build/          CMake + Ninja build directory
   bin/            the installed binaries and shared libraries
@@ -14,55 +15,62 @@ Layout, per reference, revision and backend, under `$XDG_CACHE_HOME/bitnet_cpp/`
 
 The receipt records the inputs that define the build; a second run with the same
 inputs finds it and does nothing. A failed build leaves no receipt, so the next run
-builds again, and the error points at build.log.
+builds again, and the error points at build.log. This module checks the request and
+runs the steps; `cpp.toolchain` finds the tools, `cpp.compile` runs CMake and Ninja.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import platform
 import re
-import shlex
 import shutil
-import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bitnet_xtask import __version__
-from bitnet_xtask.cache import cpp_cache_root
 from bitnet_xtask.cpp import bitnet_kernels
+from bitnet_xtask.cpp.compile import (
+    BuildLog,
+    CompileSteps,
+    compile_reference,
+    harness_hash,
+    install,
+)
+from bitnet_xtask.cpp.layout import (
+    COMMIT,
+    LOCAL,
+    LOCK,
+    RECEIPT,
+    REVISION,
+    build_directory,
+    pin_revision,
+)
 from bitnet_xtask.cpp.nar import NarError, nar_hash
-from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin, is_sri, load_pins
-from bitnet_xtask.cpp.source import GITHUB, fetch_source
-from bitnet_xtask.download.store import FileLock, atomic_write_text, ensure_space
-from bitnet_xtask.errors import NoSpaceError, UsageError, XtaskError
+from bitnet_xtask.cpp.pins import GITHUB, GithubPin, Pin, SdistPin, is_sri, load_pins
+from bitnet_xtask.cpp.source import fetch_source
+from bitnet_xtask.cpp.toolchain import check_environment, tool_version
+from bitnet_xtask.errors import LockedError, NoSpaceError, UsageError
 from bitnet_xtask.events import NullReporter, Reporter
+from bitnet_xtask.filelock import FileLock
+from bitnet_xtask.fs import atomic_write_text
 from bitnet_xtask.inputs import MiB, read_json, read_text
 
-_REV_OR_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-#: A git commit id, abbreviated (git's minimum is 4, its default 7) or full (40 hex).
-_COMMIT = re.compile(r"^[0-9a-fA-F]{7,40}$")
 #: CMake's CUDA_ARCHITECTURES entries (CMake >= 3.18): a compute capability times ten,
 #: optionally with nvcc's arch-specific `a` or family `f` suffix, optionally `-real` or
 #: `-virtual`; or one of the keywords `all`, `all-major` (3.23) or `native` (3.24), alone.
 _CUDA_ARCH = re.compile(r"^(?P<sm>[0-9]{2,3})[af]?(-real|-virtual)?$")
 CUDA_ARCH_KEYWORDS = ("all", "all-major", "native")
 CUDA_SM_RANGE = (50, 199)  # compute capability 5.0 (Maxwell, ggml's oldest) to 19.9
-CLI_TARGETS = ("llama-cli", "llama-completion", "llama-simple")
-HARNESS_DIR = Path(__file__).parent / "harness"
-BUILD_SPACE_BYTES = 2 << 30
+#: How long fetch-cpp waits for another fetch-cpp building the same directory.
+BUILD_LOCK_TIMEOUT = 3600.0
 RECEIPT_VERSION = 1
-
-
-class BuildError(XtaskError):
-    """CMake or Ninja failed (exit 1); the message points at build.log."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,7 @@ class BuildRequest:
     """What to build and how; every field that changes the output is in the receipt."""
 
     ref: str = "llama.cpp"
-    backend: str = "cpu"
+    backend: str = "cpu"  # or "cuda", or "auto": cuda when preflight sees a CUDA GPU
     rev: str | None = None  # a tag or commit of the reference's GitHub repository
     hash: str | None = None  # the NAR hash that --rev's tree must have
     kernel: str = "i2_s"  # bitnet.cpp only
@@ -80,7 +88,9 @@ class BuildRequest:
     force: bool = False
     clean: bool = False
     source: Path | None = None
-    extra_cmake: tuple[str, ...] = field(default=())
+    # More -D options, after ours (Python API only: where a toolchain needs telling where
+    # its libraries are, as cuBLAS from PyPI does; tests/test_nix.py's CUDA build).
+    extra_cmake: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,12 +113,12 @@ def requested_revision(rev: str | None, tag: str | None) -> str | None:
     ref name."""
     if rev is not None and tag is not None:
         raise UsageError("give --rev or --tag, not both")
-    if rev is not None and not _COMMIT.match(rev):
+    if rev is not None and not COMMIT.match(rev):
         raise UsageError(
             f"--rev {rev!r} is not a commit id (7 to 40 hex digits)",
             "give a commit like 0c1e57098 (or its full 40 digits); use --tag for a tag name",
         )
-    if tag is not None and not _REV_OR_TAG.match(tag):
+    if tag is not None and not REVISION.match(tag):
         raise UsageError(
             f"--tag {tag!r} is not a tag name",
             "letters, digits, '.', '_' and '-', starting with a letter or digit (like b6000)",
@@ -137,18 +147,33 @@ def check_cuda_archs(archs: Sequence[str]) -> tuple[str, ...]:
     return tuple(archs)
 
 
-def check_request(request: BuildRequest) -> None:
-    """Everything about the request that can be wrong, found before any download."""
-    if request.cuda_archs and request.backend != "cuda":
-        raise UsageError("--cuda-arch needs --backend cuda (or auto on a CUDA machine)")
+def check_request(request: BuildRequest) -> BuildRequest:
+    """Everything about the request that can be wrong, found before any download; the
+    request with `backend="auto"` made `cuda` or `cpu`, as preflight finds. The user's
+    own typo comes first, before the GPUs are asked."""
     check_cuda_archs(request.cuda_archs)
     if request.jobs is not None and request.jobs < 1:
         raise UsageError(f"--jobs {request.jobs} is not a positive number of jobs")
+    if request.backend == "auto":
+        request = _auto_backend(request)
+    if request.cuda_archs and request.backend != "cuda":
+        raise UsageError("--cuda-arch needs --backend cuda (or auto on a CUDA machine)")
+    return request
 
 
-def revision(pin: Pin) -> str:
-    """The short revision that names the build directory."""
-    return pin.rev[:12] if isinstance(pin, GithubPin) else pin.upstream.get("rev", pin.version)
+def _auto_backend(request: BuildRequest) -> BuildRequest:
+    """`cuda` when preflight sees a CUDA GPU, for the SM architectures of those it sees
+    unless `--cuda-arch` named some (none when it cannot tell: then llama.cpp's default
+    list applies); else `cpu`."""
+    from bitnet_xtask.gpu.detect import detect_runtime
+
+    cuda = detect_runtime().cuda
+    if not cuda.available:
+        return replace(request, backend="cpu")
+    if request.cuda_archs:
+        return replace(request, backend="cuda")
+    found = {d.compute_capability.replace(".", "") for d in cuda.devices if d.compute_capability}
+    return replace(request, backend="cuda", cuda_archs=check_cuda_archs(sorted(found)))
 
 
 def resolve_pin(request: BuildRequest, pins: dict[str, Pin]) -> Pin:
@@ -161,7 +186,7 @@ def resolve_pin(request: BuildRequest, pins: dict[str, Pin]) -> Pin:
         if request.hash is not None:
             raise UsageError("--hash goes with --rev/--tag")
         return pin
-    if not _REV_OR_TAG.match(request.rev):
+    if not REVISION.match(request.rev):
         raise UsageError(f"--rev/--tag {request.rev!r} is not a commit or tag name")
     if isinstance(pin, GithubPin) and pin.submodules:
         raise UsageError(
@@ -190,87 +215,6 @@ def resolve_pin(request: BuildRequest, pins: dict[str, Pin]) -> Pin:
     return GithubPin(request.ref, owner, repo, request.rev, str(request.hash))
 
 
-def build_tools() -> dict[str, str]:
-    """The pinned CMake and Ninja from PyPI, found next to this interpreter's packages."""
-    found: dict[str, str] = {}
-    try:
-        import cmake
-
-        found["cmake"] = str(Path(cmake.CMAKE_BIN_DIR) / "cmake")
-    except ImportError:
-        pass
-    try:
-        import ninja
-
-        found["ninja"] = str(Path(ninja.BIN_DIR) / "ninja")
-    except ImportError:
-        pass
-    for tool in ("cmake", "ninja"):
-        if tool not in found and (path := shutil.which(tool)):
-            found[tool] = path
-    return found
-
-
-def _compiler(variable: str, names: Sequence[str]) -> str | None:
-    if chosen := os.environ.get(variable):
-        # `CC="ccache gcc"` is common: the compiler is the command's first word.
-        return shutil.which(shlex.split(chosen)[0]) if chosen.strip() else None
-    return next((path for name in names if (path := shutil.which(name))), None)
-
-
-def _clang(variable: str, name: str) -> str | None:
-    """$CC/$CXX when it names a Clang (a Nix or distro shell often sets gcc), else clang."""
-    chosen = os.environ.get(variable, "")
-    if "clang" in Path(chosen).name:
-        return shutil.which(chosen)
-    return shutil.which(name)
-
-
-def check_environment(request: BuildRequest, directory: Path) -> dict[str, str]:
-    """Name the missing piece before any time is spent (makefile-discipline)."""
-    tools = build_tools()
-    missing = [tool for tool in ("cmake", "ninja") if tool not in tools]
-    if request.ref == "bitnet.cpp":  # its CMakeLists refuses anything but Clang
-        cc, cxx = _clang("CC", "clang"), _clang("CXX", "clang++")
-        c_names, cxx_names = "clang (bitnet.cpp needs Clang)", "clang++"
-    else:
-        cc, cxx = (
-            _compiler("CC", ("cc", "gcc", "clang")),
-            _compiler("CXX", ("c++", "g++", "clang++")),
-        )
-        c_names, cxx_names = "a C compiler (cc/gcc/clang)", "a C++ compiler (c++/g++/clang++)"
-    if cc is None:
-        missing.append(f"{c_names} or $CC")
-    else:
-        tools["cc"] = cc
-    if cxx is None:
-        missing.append(f"{cxx_names} or $CXX")
-    else:
-        tools["cxx"] = cxx
-    if request.backend == "cuda":
-        if nvcc := shutil.which("nvcc"):
-            tools["nvcc"] = nvcc
-        else:
-            missing.append("nvcc (the CUDA toolkit) for --backend cuda")
-    if missing:
-        raise UsageError(
-            "cannot build: missing " + ", ".join(missing),
-            "install it (cmake and ninja come with `pip install bitnet-xtask`)",
-        )
-    ensure_space(directory.parent if not directory.exists() else directory, BUILD_SPACE_BYTES)
-    return tools
-
-
-def _version(tool: str) -> str:
-    try:
-        out = subprocess.run(
-            [tool, "--version"], capture_output=True, text=True, timeout=30, check=False
-        ).stdout
-    except OSError:
-        return "unknown"
-    return out.strip().splitlines()[0] if out.strip() else "unknown"
-
-
 def cmake_flags(request: BuildRequest) -> list[str]:
     """Release, reproducible (no -march=native unless asked), only what we need."""
     flags = [
@@ -290,73 +234,6 @@ def cmake_flags(request: BuildRequest) -> list[str]:
         if request.cuda_archs:
             flags.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(request.cuda_archs)}")
     return [*flags, *request.extra_cmake]
-
-
-class _Log:
-    """build.log: every command line and its combined output, appended."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def run(self, argv: Sequence[str], cwd: Path | None = None) -> str:
-        with self.path.open("a", encoding="utf-8") as log:
-            log.write(f"\n$ {' '.join(argv)}\n")
-            log.flush()
-            process = subprocess.run(
-                list(argv),
-                cwd=cwd,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                check=False,
-            )
-            log.write(process.stdout)
-        if process.returncode != 0:
-            tail = "\n".join(process.stdout.strip().splitlines()[-15:])
-            raise BuildError(
-                f"`{Path(argv[0]).name} {' '.join(argv[1:3])} ...` failed "
-                f"(exit {process.returncode}):\n{tail}",
-                f"the full log is {self.path}",
-            )
-        return process.stdout
-
-
-def resolve_cli_target(ninja: str, build: Path, log: _Log) -> str:
-    """Tool names move between llama.cpp versions: ask the configured build."""
-    listing = log.run([ninja, "-C", str(build), "-t", "targets", "all"])
-    targets = {line.split(":", 1)[0].strip() for line in listing.splitlines()}
-    for name in CLI_TARGETS:
-        if name in targets:
-            return name
-    raise BuildError(f"no CLI target among {', '.join(CLI_TARGETS)}", f"see {log.path}")
-
-
-def _install(build: Path, bin_dir: Path, executables: dict[Path, str]) -> list[Path]:
-    """Copy the executables (renamed where asked) and the shared libraries (their version
-    symlinks kept as links) to bin/; returns the real files."""
-    if bin_dir.exists():
-        shutil.rmtree(bin_dir)
-    bin_dir.mkdir(parents=True)
-    installed = []
-    # Upstream puts libraries in build/bin; BitNet's 2024 fork next to their sources.
-    libraries = [p for p in build.rglob("lib*.so*") if "CMakeFiles" not in p.parts]
-    for library in sorted(libraries, key=lambda p: p.name):
-        copied = Path(shutil.copy2(library, bin_dir / library.name, follow_symlinks=False))
-        if not copied.is_symlink():
-            installed.append(copied)
-    for source, name in executables.items():
-        installed.append(Path(shutil.copy2(source, bin_dir / name)))
-    return installed
-
-
-def harness_hash() -> str:
-    """The harness's sources are a build input: changing them rebuilds it."""
-    digest = hashlib.sha256()
-    for path in sorted(HARNESS_DIR.iterdir()):
-        if path.suffix in (".cpp", ".txt"):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()
 
 
 def _inputs(pin: Pin, request: BuildRequest, source_hash: str) -> dict[str, Any]:
@@ -382,28 +259,24 @@ def build_reference(
 ) -> BuildResult:
     """Fetch, verify and build `request.ref`; a no-op when the receipt matches."""
     reporter = reporter or NullReporter()
-    check_request(request)
+    request = check_request(request)
     pin = resolve_pin(request, pins if pins is not None else load_pins())
-    tag = "local" if request.source else revision(pin)
-    variant = f"{request.backend}-native" if request.native else request.backend
-    directory = cpp_cache_root() / f"{request.ref}-{tag}-{variant}"
+    revision = LOCAL if request.source else pin_revision(pin)
+    directory = build_directory(request.ref, revision, request.backend, native=request.native)
     writable_cache(directory)
-    with FileLock(directory / ".lock", timeout=3600, on_wait=reporter.info).held():
+    lock = FileLock(
+        directory / LOCK, BUILD_LOCK_TIMEOUT, busy=_build_busy(directory), on_wait=reporter.info
+    )
+    with lock.held():
         if request.clean:  # under the lock: never under a concurrent build's feet
-            for entry in directory.iterdir():
-                if entry.name == ".lock":
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-        receipt_path = directory / "receipt.json"
+            _empty(directory)
         source_hash = "sha256:" + pin.sha256 if not isinstance(pin, GithubPin) else str(pin.hash)
         if request.source:
             # Generated files first, so that the hash of the tree we build is stable.
             _generate(request, request.source)
             source_hash = _source_hash(request.source)
         inputs = _inputs(pin, request, source_hash)
+        receipt_path = directory / RECEIPT
         if receipt_path.is_file() and not request.force:
             receipt = _read_receipt(receipt_path)
             if receipt.get("inputs") == inputs:
@@ -412,6 +285,25 @@ def build_reference(
                 return BuildResult(directory, receipt, built=False)
         receipt_path.unlink(missing_ok=True)
         return _build(request, pin, directory, inputs, reporter, github)
+
+
+def _empty(directory: Path) -> None:
+    """`--clean`: everything in the build directory but its lock, which we hold."""
+    for entry in directory.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _build_busy(directory: Path) -> Callable[[str], LockedError]:
+    """What to say when another fetch-cpp still builds `directory` after our wait."""
+    return lambda owner: LockedError(
+        f"{directory} is being built by {owner} (waited {BUILD_LOCK_TIMEOUT:.0f} s)",
+        "let that build finish (its result is reused), or stop it, then run again",
+    )
 
 
 def writable_cache(directory: Path) -> None:
@@ -426,7 +318,7 @@ def writable_cache(directory: Path) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as exc:
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpaceError(
                 f"no space left for the fetch-cpp cache {directory}",
                 "free some space, or set XDG_CACHE_HOME to a larger disk",
@@ -519,7 +411,7 @@ def _verified_source(
         reporter=reporter,
         github=github or GITHUB,
     )
-    atomic_write_text(marker, source_id)
+    atomic_write_text(marker, fetched.verified)  # what was checked: source_id, proven
     return fetched.root
 
 
@@ -532,67 +424,46 @@ def _build(
     github: str | None,
 ) -> BuildResult:
     started = time.monotonic()
-    tools = check_environment(request, directory)
-    log = _Log(directory / "build.log")
+    tools = check_environment(request.ref, request.backend, directory)
+    log = BuildLog(directory / "build.log")
     log.path.write_text(f"# bitnet-xtask {__version__} fetch-cpp {request.ref}\n")
     if request.source:
         source_root = request.source.resolve()
     else:
         source_root = _verified_source(pin, directory, str(inputs["source"]), reporter, github)
         _generate(request, source_root)
-    build = directory / "build"
-    reporter.info(f"configuring {request.ref} with CMake + Ninja (log: {log.path})")
-    log.run(
-        [
-            tools["cmake"], "-S", str(source_root), "-B", str(build), "-G", "Ninja",
-            f"-DCMAKE_MAKE_PROGRAM={tools['ninja']}",
-            f"-DCMAKE_C_COMPILER={tools['cc']}", f"-DCMAKE_CXX_COMPILER={tools['cxx']}",
-            *cmake_flags(request),
-        ]
-    )  # fmt: skip
-    cli = resolve_cli_target(tools["ninja"], build, log)
-    jobs = ["-j", str(request.jobs)] if request.jobs else []
-    reporter.info(f"building llama and {cli}")
-    log.run([tools["ninja"], "-C", str(build), *jobs, "llama", cli])
-    harness = directory / "harness-build"
-    reporter.info("building the harness (xtask-logits) against it")
-    log.run(
-        [
-            tools["cmake"], "-S", str(HARNESS_DIR), "-B", str(harness), "-G", "Ninja",
-            f"-DCMAKE_MAKE_PROGRAM={tools['ninja']}",
-            f"-DCMAKE_C_COMPILER={tools['cc']}", f"-DCMAKE_CXX_COMPILER={tools['cxx']}",
-            "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_BUILD_RPATH=$ORIGIN",
-            # For bitnet.cpp this is the BitNet checkout, whose fork needs its headers.
-            f"-DLLAMA_CPP_DIR={source_root}", f"-DLLAMA_BUILD_DIR={build}",
-        ]
-    )  # fmt: skip
-    log.run([tools["ninja"], "-C", str(harness), *jobs])
+    steps = CompileSteps(tools, source_root, directory, cmake_flags(request), request.jobs)
+    cli = compile_reference(steps, request.ref, log, reporter)
     installed_cli = cli_name(request.ref)
-    installed = _install(
-        build,
-        directory / "bin",
-        {build / "bin" / cli: installed_cli, harness / "bin" / "xtask-logits": "xtask-logits"},
-    )
-    from bitnet_xtask.gpu.elf import read_binary
-
+    installed = install(directory, cli, installed_cli)
     if request.source:
         # Some builds write into their source tree (the 2024 llama.cpp generates
         # common/build-info.cpp there): record the tree as the next run will find it.
         inputs = {**inputs, "source": _source_hash(request.source)}
-    receipt = {
+    receipt = _receipt(inputs, tools, cli, installed, time.monotonic() - started)
+    atomic_write_text(directory / RECEIPT, json.dumps(receipt, indent=2))
+    reporter.info(f"built {request.ref} in {receipt['wall_seconds']} s: {directory / 'bin'}")
+    point_latest(directory, installed_cli)
+    return BuildResult(directory, receipt, built=True)
+
+
+def _receipt(
+    inputs: dict[str, Any], tools: dict[str, str], cli: str, installed: list[Path], seconds: float
+) -> dict[str, Any]:
+    """What `receipt.json` records: the inputs that define the build (compared by the
+    next run), and what it was built with and produced (for crossval's receipts)."""
+    from bitnet_xtask.gpu.elf import read_binary
+
+    return {
         "version": RECEIPT_VERSION,
         "inputs": inputs,
         "tool": f"bitnet-xtask {__version__}",
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "wall_seconds": round(time.monotonic() - started, 1),
+        "wall_seconds": round(seconds, 1),
         "host": f"{platform.system()} {platform.machine()}",
-        "compilers": {"cc": _version(tools["cc"]), "cxx": _version(tools["cxx"])},
-        "cmake": _version(tools["cmake"]),
-        "ninja": _version(tools["ninja"]),
+        "compilers": {"cc": tool_version(tools["cc"]), "cxx": tool_version(tools["cxx"])},
+        "cmake": tool_version(tools["cmake"]),
+        "ninja": tool_version(tools["ninja"]),
         "cli_target": cli,
         "binaries": [read_binary(path).to_dict() for path in installed],
     }
-    atomic_write_text(directory / "receipt.json", json.dumps(receipt, indent=2))
-    reporter.info(f"built {request.ref} in {receipt['wall_seconds']} s: {directory / 'bin'}")
-    point_latest(directory, installed_cli)
-    return BuildResult(directory, receipt, built=True)

@@ -20,6 +20,14 @@ from bitnet_xtask.inputs import parse_json, read_text
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REV = re.compile(r"^[0-9a-f]{40}$")
 _SRI = re.compile(r"^sha256-[A-Za-z0-9+/]{43}=$")
+#: Where GitHub pins are fetched from (tests point fetch-cpp and update_pins elsewhere).
+GITHUB = "https://github.com"
+
+
+def github_tarball(owner: str, repo: str, rev: str, github: str = GITHUB) -> str:
+    """GitHub's archive of a commit or tag: what fetchFromGitHub downloads, and so what
+    fetch-cpp and update_pins download and check by the NAR hash of its tree."""
+    return f"{github.rstrip('/')}/{owner}/{repo}/archive/{rev}.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -46,10 +54,9 @@ class GithubPin:
     hash: str
     submodules: dict[str, GithubPin] = field(default_factory=dict)
 
-    @property
-    def tarball_url(self) -> str:
-        """GitHub's archive of the commit (what fetchFromGitHub downloads)."""
-        return f"https://github.com/{self.owner}/{self.repo}/archive/{self.rev}.tar.gz"
+    def tarball_url(self, github: str = GITHUB) -> str:
+        """GitHub's archive of the commit (`github_tarball`)."""
+        return github_tarball(self.owner, self.repo, self.rev, github)
 
 
 Pin = SdistPin | GithubPin

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from bitnet_xtask.cpp.nar import nar_hash
-from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin
+from bitnet_xtask.cpp.pins import GITHUB, GithubPin, Pin, SdistPin
 from bitnet_xtask.download import download_url
 from bitnet_xtask.errors import HashMismatchError, UsageError, XtaskError
 from bitnet_xtask.events import NullReporter, Reporter
 
-GITHUB = "https://github.com"
 _HAS_FILTER = hasattr(tarfile, "tar_filter")
 
 
@@ -31,7 +30,6 @@ class SourceTree:
     """An unpacked, verified source tree ready to configure."""
 
     root: Path
-    pin: str
     verified: str  # what was checked: "sha256:<hex>" of the archive, or the tree's NAR hash
 
 
@@ -104,9 +102,11 @@ def _verify_tree(pin: GithubPin, tree: Path) -> str:
 def _fetch_github(
     pin: GithubPin, tree: Path, downloads: Path, github: str, reporter: Reporter
 ) -> str:
-    url = f"{github}/{pin.owner}/{pin.repo}/archive/{pin.rev}.tar.gz"
     archive = download_url(
-        url, downloads, filename=f"{pin.repo}-{pin.rev}.tar.gz", reporter=reporter
+        pin.tarball_url(github),
+        downloads,
+        filename=f"{pin.repo}-{pin.rev}.tar.gz",
+        reporter=reporter,
     )
     safe_extract(archive.path, tree)
     verified = _verify_tree(pin, tree)
@@ -131,6 +131,6 @@ def fetch_source(
         root = destination / pin.subdir
         if not root.is_dir():
             raise UsageError(f"{pin.name}: the sdist has no {pin.subdir}/ directory")
-        return SourceTree(root, pin.name, f"sha256:{pin.sha256}")
+        return SourceTree(root, f"sha256:{pin.sha256}")
     verified = _fetch_github(pin, destination, downloads, github, reporter)
-    return SourceTree(destination, pin.name, verified)
+    return SourceTree(destination, verified)

@@ -34,12 +34,12 @@ from urllib.parse import urldefrag, urljoin
 import requests
 
 from bitnet_xtask.cpp.nar import nar_hash
-from bitnet_xtask.cpp.pins import parse_pins
-from bitnet_xtask.cpp.source import GITHUB, safe_extract
+from bitnet_xtask.cpp.pins import GITHUB, github_tarball, parse_pins
+from bitnet_xtask.cpp.source import safe_extract
 from bitnet_xtask.download import download_url
-from bitnet_xtask.download.store import atomic_write_text
 from bitnet_xtask.errors import ExitCode, NetworkError, UsageError, XtaskError
 from bitnet_xtask.events import ConsoleReporter, Reporter
+from bitnet_xtask.fs import atomic_write_text
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 PINS_FILE = Path(__file__).with_name("pins.json")
@@ -183,7 +183,7 @@ def update_github(
             "pins name commits, not tags or branches: `git ls-remote <repo> <tag>` shows one",
         )
     owner, repo = owner or entry["owner"], repo or entry["repo"]
-    url = f"{github_url.rstrip('/')}/{owner}/{repo}/archive/{rev}.tar.gz"
+    url = github_tarball(owner, repo, rev, github_url)
     with tempfile.TemporaryDirectory(prefix="update-pins-") as tmp:
         archive = download_url(url, Path(tmp), filename=f"{repo}-{rev}.tar.gz", reporter=reporter)
         tree_hash = nar_hash(safe_extract(archive.path, Path(tmp) / "tree"))

@@ -5,10 +5,11 @@ position (as a file read a block of rows at a time, so large vocab x positions n
 no RAM) and a greedy continuation. Three kinds, named on the command line by a spec:
 
 - `numpy`: bitnet-xtask's NumPy reference forward pass (`crossval.reference`).
-- `cpp:<build>`: the `xtask-logits` harness of a fetch-cpp build. `<build>` is a
-  reference (`llama.cpp`, `bitnet.cpp`, optionally with `-cuda`: the newest matching
-  build in the cache, or the prefix named by `XTASK_CPP_PREFIX_<REF>`), or the path of a
-  build directory holding `bin/xtask-logits` (and a `receipt.json`, when there is one).
+- `cpp:<build>`: the `xtask-logits` harness of a fetch-cpp build. `<build>` is any
+  name fetch-cpp gives a build (`cpp.layout`: `<ref>[-cpu|-cuda][-native]`, the newest
+  matching build in the cache; a directory's own name; plain `llama.cpp` or `bitnet.cpp`
+  also the prefix named by `XTASK_CPP_PREFIX_<REF>`), or the path of a build directory
+  holding `bin/xtask-logits` (and a `receipt.json`, when there is one).
 - `cmd:<template>`: any program, through a file protocol (README: "The cmd: protocol").
   The template is split like a shell command line, then `{model}`, `{tokens}`,
   `{logits}`, `{continuation}`, `{n_predict}` and `{workdir}` are replaced in each
@@ -16,46 +17,49 @@ no RAM) and a greedy continuation. Three kinds, named on the command line by a s
   writes float32 or float64 logits of shape (n_tokens, n_vocab) to `{logits}` as `.npy`
   and, when `{continuation}` appears, its greedy token ids as JSON `{"tokens": [...]}`.
 
-Backends that can tokenize (the cpp harness) are also asked to tokenize the prompt, so
-crossval can check tokenization parity; every backend evaluates the same ids.
+Backends that can tokenize (the cpp harness, in its tokenize-only mode) are also asked
+to tokenize the prompt, so crossval can check tokenization parity; every backend
+evaluates the same ids. A backend may keep what it loaded between calls (the NumPy
+reference keeps the model it is running) until `close()`.
 
 An engine is someone else's program and may hang, print without end or leave a FIFO
-where a file belongs: each call runs in its own session within a deadline (then its
-whole process group is killed, as on Ctrl-C), its output goes to files, and what it
-writes is read only from regular files, bounded (`bitnet_xtask.inputs`).
+where a file belongs: each call runs through `engine_process` (its own session, a
+deadline, output to files, what it writes read only from bounded regular files).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
-import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from bitnet_xtask.cache import cpp_cache_root
+from bitnet_xtask.crossval.engine_process import (
+    BackendError,
+    read_engine_json,
+    read_ids,
+    run_engine,
+)
 from bitnet_xtask.crossval.logits_file import LogitsFile
-from bitnet_xtask.errors import UsageError, XtaskError
+from bitnet_xtask.errors import UsageError
+
+if TYPE_CHECKING:
+    from bitnet_xtask.crossval.reference import ReferenceModel
 
 PREFIX_ENV = "XTASK_CPP_PREFIX_"  # + LLAMA_CPP / BITNET_CPP: a prefix with bin/ (Nix)
-
-
-class BackendError(XtaskError):
-    """A backend failed to evaluate (exit 1); the message names it and what it said."""
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """One backend's answer for one model and one sequence of token ids."""
 
-    tokens: list[int]
     logits: LogitsFile  # (n_tokens, n_vocab), on disk, read a block of rows at a time
     continuation: list[int] | None
     seconds: float
@@ -65,6 +69,9 @@ class Backend(Protocol):
     """What crossval needs from an implementation."""
 
     spec: str
+    #: Whether `tokenize` gives ids (else None): the first backend must, unless the ids
+    #: come from --tokens-file.
+    tokenizes: ClassVar[bool]
 
     def identity(self) -> dict[str, Any]:
         """What this backend is, for the receipt (for cpp: the fetch-cpp receipt)."""
@@ -79,78 +86,13 @@ class Backend(Protocol):
         """Logits for every position of `tokens`, and a greedy continuation."""
         ...
 
+    def close(self) -> None:
+        """Let go of whatever the backend kept between calls."""
+        ...
+
 
 DEFAULT_TIMEOUT = 600.0
 """Seconds one engine call (a tokenization or an evaluation) may take (`--backend-timeout`)."""
-
-OUTPUT_TAIL_BYTES = 4096
-"""How much of an engine's stderr (or stdout) a failure message shows."""
-
-
-def _tail(path: Path) -> str:
-    with path.open("rb") as handle:
-        handle.seek(max(0, handle.seek(0, os.SEEK_END) - OUTPUT_TAIL_BYTES))
-        text = handle.read().decode("utf-8", "replace")
-    return "\n".join(text.strip().splitlines()[-10:])
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the engine and everything it started (its own session and process group):
-    killing only the direct child would leave a shell's children running."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
-def _run(argv: list[str], what: str, timeout: float, logs: Path) -> None:
-    """Run an engine to completion within `timeout` seconds, or kill its process group.
-
-    Its stdout and stderr go to files in `logs` (an engine that prints without end fills
-    a file, not this process's memory); a failure shows the last lines.
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    stdout, stderr = logs / "stdout.txt", logs / "stderr.txt"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        try:
-            process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
-            )
-        except FileNotFoundError:
-            raise BackendError(f"{what}: {argv[0]} not found") from None
-        except OSError as exc:
-            raise BackendError(f"{what}: cannot start {argv[0]}: {exc.strerror}") from None
-        try:
-            returncode = process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            raise BackendError(
-                f"{what}: no answer within {timeout:g} s (--backend-timeout); "
-                "the engine and its children were killed"
-            ) from None
-        except BaseException:  # Ctrl-C, SIGTERM: the engine must not outlive us
-            _kill_group(process)
-            raise
-    if returncode != 0:
-        tail = _tail(stderr) or _tail(stdout)
-        raise BackendError(f"{what} failed (exit {returncode}):\n{tail}")
-
-
-def _read_json(path: Path, what: str) -> Any:
-    """A JSON file an engine wrote: regular, bounded and well-formed, or a BackendError."""
-    from bitnet_xtask.inputs import read_json
-
-    try:
-        return read_json(path, what=f"{what}: its output")
-    except UsageError as exc:
-        raise BackendError(exc.message) from None
-
-
-def _read_ids(path: Path, what: str) -> list[int]:
-    loaded = _read_json(path, what)
-    ids = loaded.get("tokens") if isinstance(loaded, dict) else None
-    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
-        raise BackendError(f'{what}: {path} must hold {{"tokens": [int, ...]}}')
-    return ids
 
 
 def _check_shape(logits: LogitsFile, n_tokens: int, what: str) -> LogitsFile:
@@ -163,9 +105,18 @@ def _check_shape(logits: LogitsFile, n_tokens: int, what: str) -> LogitsFile:
 
 @dataclass
 class NumpyBackend:
-    """The NumPy reference: the executable specification of the architectures."""
+    """The NumPy reference: the executable specification of the architectures.
+
+    The model is loaded (its header checked, its weights dequantized as they are first
+    used) once per model, not per prompt: crossval runs every prompt of a model before
+    the next model, so the one loaded last is kept, and let go when another is asked for
+    or at `close()`.
+    """
+
+    tokenizes: ClassVar[bool] = False
 
     spec: str = "numpy"
+    _loaded: tuple[Path, ReferenceModel] | None = field(default=None, repr=False)
 
     def identity(self) -> dict[str, Any]:
         from bitnet_xtask import __version__
@@ -175,28 +126,56 @@ class NumpyBackend:
     def tokenize(self, model: Path, prompt: str, workdir: Path) -> list[int] | None:
         return None
 
-    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
-        from bitnet_xtask.crossval.reference import load_model
+    def _model(self, path: Path) -> ReferenceModel:
+        if self._loaded is None or self._loaded[0] != path:
+            from bitnet_xtask.crossval.reference import load_model
 
+            self._loaded = None  # two models' weights are never held at once
+            self._loaded = (path, load_model(path))
+        return self._loaded[1]
+
+    def close(self) -> None:
+        self._loaded = None
+
+    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
         started = time.monotonic()
-        reference = load_model(model)
+        reference = self._model(model)
         logits = reference.logits(tokens)
         continuation = reference.greedy(tokens, n_predict) if n_predict else []
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "logits.npy"
-        np.save(path, np.asarray(logits, dtype=np.float32))
-        return Evaluation(tokens, LogitsFile.npy(path), continuation, time.monotonic() - started)
+        _save_npy(path, np.ascontiguousarray(logits, dtype=np.float32))
+        return Evaluation(LogitsFile.npy(path), continuation, time.monotonic() - started)
+
+
+def _save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
+    """`np.save`, written a row at a time through Python's file object: numpy's own fast
+    path (`tofile`) reports a full disk as "N requested and M written" without an errno
+    (numpy/_core/src/multiarray/convert.c), which would read as this model's failure
+    rather than the machine's exit 10."""
+    with path.open("wb") as handle:
+        header = np.lib.format.header_data_from_array_1_0(array)
+        np.lib.format.write_array_header_1_0(handle, header)
+        for row in array.reshape(array.shape[0], -1):
+            handle.write(row.tobytes())
+
+
+TOKENIZE_ONLY = "--tokenize-only"
+"""The harness's mode that loads the vocabulary alone and only tokenizes."""
 
 
 @dataclass
 class CppBackend:
     """The `xtask-logits` harness of one fetch-cpp build."""
 
+    tokenizes: ClassVar[bool] = True
+
     spec: str
     directory: Path
     threads: int | None = None
     receipt: dict[str, Any] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
+    _tokenize_only: bool | None = field(default=None, repr=False)  # None: not asked yet
 
     @property
     def harness(self) -> Path:
@@ -205,17 +184,37 @@ class CppBackend:
     def identity(self) -> dict[str, Any]:
         return {"kind": "cpp", "directory": str(self.directory), "receipt": self.receipt}
 
-    def _harness(self, model: Path, source: list[str], out: Path, n_predict: int) -> Path:
+    def _harness(self, model: Path, source: list[str], out: Path, n_predict: int | None) -> Path:
+        """Run the harness on `model` (`n_predict` None: tokenize only) into `out`."""
         out.mkdir(parents=True, exist_ok=True)
         threads = ["--threads", str(self.threads)] if self.threads else []
+        predict = [] if n_predict is None else ["--n-predict", str(n_predict)]
         argv = [str(self.harness), "--model", str(model), *source, "--out", str(out),
-                "--n-predict", str(n_predict), *threads]  # fmt: skip
-        _run(argv, f"{self.spec} ({self.harness})", self.timeout, out)
+                *predict, *threads]  # fmt: skip
+        run_engine(argv, f"{self.spec} ({self.harness})", self.timeout, out)
         return out
 
+    def _has_tokenize_only(self, logs: Path) -> bool:
+        """Whether the harness has --tokenize-only (its --help says so). A harness built by
+        an earlier bitnet-xtask lacks it: fetch-cpp rebuilds it (the harness's sources are
+        a build input), and until then it tokenizes by a whole evaluation, as it did."""
+        if self._tokenize_only is None:
+            run_engine([str(self.harness), "--help"], f"{self.spec} ({self.harness}) --help",
+                 self.timeout, logs)  # fmt: skip
+            with (logs / "stdout.txt").open("rb") as usage:  # our own file, not the engine's
+                self._tokenize_only = TOKENIZE_ONLY.encode() in usage.read(1 << 16)
+        return self._tokenize_only
+
     def tokenize(self, model: Path, prompt: str, workdir: Path) -> list[int] | None:
-        out = self._harness(model, ["--prompt", prompt], workdir / "tokenize", 0)
-        return _read_ids(out / "tokens.json", self.spec)
+        out = workdir / "tokenize"
+        if self._has_tokenize_only(workdir / "help"):
+            self._harness(model, ["--prompt", prompt, TOKENIZE_ONLY], out, None)
+        else:
+            self._harness(model, ["--prompt", prompt], out, 0)
+        return read_ids(out / "tokens.json", self.spec)
+
+    def close(self) -> None:
+        """Nothing is kept between calls: every call is its own process."""
 
     def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
         started = time.monotonic()
@@ -223,7 +222,7 @@ class CppBackend:
         workdir.mkdir(parents=True, exist_ok=True)
         ids.write_text(" ".join(map(str, tokens)) + "\n", encoding="utf-8")
         out = self._harness(model, ["--tokens-file", str(ids)], workdir / "eval", n_predict)
-        summary = _read_json(out / "tokens.json", self.spec)
+        summary = read_engine_json(out / "tokens.json", self.spec)
         n_vocab = summary.get("n_vocab") if isinstance(summary, dict) else None
         if type(n_vocab) is not int or n_vocab < 1:
             raise BackendError(f"{self.spec}: {out / 'tokens.json'} has no n_vocab")
@@ -231,13 +230,15 @@ class CppBackend:
             logits = LogitsFile.raw(out / "logits.f32", len(tokens), n_vocab)
         except ValueError as exc:
             raise BackendError(f"{self.spec}: {exc}") from None
-        continuation = _read_ids(out / "continuation.json", self.spec)
-        return Evaluation(tokens, logits, continuation, time.monotonic() - started)
+        continuation = read_ids(out / "continuation.json", self.spec)
+        return Evaluation(logits, continuation, time.monotonic() - started)
 
 
 @dataclass
 class CommandBackend:
     """Any engine, through the documented file protocol."""
+
+    tokenizes: ClassVar[bool] = False
 
     spec: str
     template: str
@@ -248,6 +249,9 @@ class CommandBackend:
 
     def tokenize(self, model: Path, prompt: str, workdir: Path) -> list[int] | None:
         return None
+
+    def close(self) -> None:
+        """Nothing is kept between calls: every call is its own process."""
 
     def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +266,7 @@ class CommandBackend:
         Path(files["tokens"]).write_text(json.dumps({"tokens": tokens}), encoding="utf-8")
         argv = command_line(self.template, files)
         started = time.monotonic()
-        _run(argv, self.spec, self.timeout, workdir / ".xtask-engine-output")
+        run_engine(argv, self.spec, self.timeout, workdir / ".xtask-engine-output")
         try:
             logits = LogitsFile.npy(Path(files["logits"]))
         except (OSError, ValueError) as exc:
@@ -274,8 +278,8 @@ class CommandBackend:
         checked = _check_shape(logits, len(tokens), self.spec)
         continuation = None
         if "{continuation}" in self.template:
-            continuation = _read_ids(Path(files["continuation"]), self.spec)
-        return Evaluation(tokens, checked, continuation, time.monotonic() - started)
+            continuation = read_ids(Path(files["continuation"]), self.spec)
+        return Evaluation(checked, continuation, time.monotonic() - started)
 
 
 PLACEHOLDERS = ("model", "tokens", "logits", "continuation", "n_predict", "workdir")
@@ -301,43 +305,48 @@ def prefix_variable(ref: str) -> str:
 
 
 def find_build(name: str) -> Path:
-    """A fetch-cpp build by reference name (`llama.cpp`, `bitnet.cpp-cuda`, ...) or by path
-    (anything with a `/`, or starting with `.` or `~`: a `./llama.cpp` checkout in the
-    working directory must not shadow the reference's name)."""
+    """The build directory a `cpp:<name>` spec names (README, "Backends"): a path (anything
+    with a `/`, or starting with `.` or `~`: a `./llama.cpp` checkout in the working
+    directory must not shadow the reference's name); a variant `<ref>[-cpu|-cuda][-native]`
+    (the prefix in `XTASK_CPP_PREFIX_<REF>` for a plain CPU one, else the pin's build,
+    else the newest); or a build directory's own name, `<ref>-<rev>-<backend>[-native]`.
+    Every name is `cpp.layout`'s, the rule fetch-cpp builds by."""
     if "/" in name or name.startswith((".", "~")):
         return Path(name).expanduser()
-    ref, _, backend = name.partition("-")
-    backend = backend or "cpu"
-    if ref not in ("llama.cpp", "bitnet.cpp") or backend not in ("cpu", "cuda"):
-        raise UsageError(
-            f"unknown cpp build {name!r}",
-            "use cpp:llama.cpp, cpp:bitnet.cpp (add -cuda for CUDA builds) or cpp:<build dir>",
-        )
-    variable = prefix_variable(ref)
-    if backend == "cpu" and (prefix := os.environ.get(variable)):
-        return Path(prefix)
-    from bitnet_xtask.cpp.build import revision
+    from bitnet_xtask.cpp.layout import RECEIPT, build_directory, parse_build_name, pin_revision
     from bitnet_xtask.cpp.pins import load_pins
 
-    pinned = cpp_cache_root() / f"{ref}-{revision(load_pins()[ref])}-{backend}"
-    if (pinned / "receipt.json").is_file():
-        return pinned  # the pin's build, before --rev/--tag/--source ones
-    builds = sorted(
-        cpp_cache_root().glob(f"{ref}-*-{backend}/receipt.json"),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not builds:
-        flag = " --backend cuda" if backend == "cuda" else ""
+    pins = load_pins()
+    wanted = parse_build_name(name, pins)
+    if wanted is None:
         raise UsageError(
-            f"no {ref} {backend} build in {cpp_cache_root()}",
-            f"build it first: xtask fetch-cpp --ref {ref}{flag}",
+            f"unknown cpp build {name!r}",
+            f"use cpp:<ref>[-cuda][-native] (<ref>: {', '.join(pins)}), a build directory's "
+            "name (cpp:llama.cpp-local-cpu) or cpp:<build dir>",
         )
-    return builds[-1].parent
+    pinned = pin_revision(pins[wanted.ref])
+    plain = wanted.backend == "cpu" and not wanted.native and wanted.revision is None
+    if plain and (prefix := os.environ.get(prefix_variable(wanted.ref))):
+        return Path(prefix)
+    first = build_directory(wanted.ref, wanted.revision or pinned, wanted.backend,
+                            native=wanted.native)  # fmt: skip
+    if (first / RECEIPT).is_file():
+        return first  # the named build, or the pin's before --rev/--tag/--source ones
+    builds = [] if wanted.revision else cpp_cache_root().glob(f"{wanted.pattern}/{RECEIPT}")
+    newest = max(builds, key=lambda p: p.stat().st_mtime, default=None)
+    if newest is None:
+        raise UsageError(
+            f"no {wanted} build in {cpp_cache_root()}",
+            f"build it first: {wanted.fetch_command(pinned)}",
+        )
+    return newest.parent
 
 
 def _build_receipt(directory: Path, spec: str) -> dict[str, Any]:
     """The fetch-cpp receipt of a build, for the crossval receipt ({} when it has none)."""
-    path = directory / "receipt.json"
+    from bitnet_xtask.cpp.layout import RECEIPT
+
+    path = directory / RECEIPT
     if not path.exists():
         return {}
     from bitnet_xtask.inputs import read_json

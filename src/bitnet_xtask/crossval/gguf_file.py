@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from gguf import (
     GGMLQuantizationType,
     GGUFReader,
     GGUFValueType,
+    LlamaFileType,
     ReaderField,
 )
 
@@ -39,6 +41,8 @@ from bitnet_xtask.inputs import open_regular
 
 I2_S_TYPE_ID = 36
 """GGML_TYPE_I2_S in bitnet.cpp's ggml.h; gguf-py has no name for it."""
+FILE_TYPE_GUESSED = 1024
+"""LLAMA_FTYPE_GUESSED (llama.h): or-ed into a file type llama.cpp guessed."""
 
 HEADER_BYTES = 4 + 4 + 8 + 8
 """Magic, version, tensor count, key count."""
@@ -226,6 +230,34 @@ class GGUFFile(GGUFReader):
             return field.contents()
         except UnicodeDecodeError:
             raise self._error(f"the value of {key} is not UTF-8") from None
+
+    def quantization(self) -> str | None:
+        """The weights' quantization, named from the file's own type information, the way
+        llama.cpp reads it (`llama_model_loader`, src/llama-model-loader.cpp at 0c1e57098):
+        `general.file_type` (gguf-py's LlamaFileType, which is llama.h's llama_ftype:
+        15 -> `q4_k_m`), else the type most tensors have (`q4_k`). None when neither says.
+
+        A file holding I2_S tensors is bitnet.cpp's, whose file type 40 means I2_S where
+        upstream's means Q1_0: it is `i2_s` whatever its file type says.
+        """
+        counts = Counter(info.type_id for info in self.tensor_infos.values())
+        if I2_S_TYPE_ID in counts:
+            return "i2_s"
+        file_type = self.metadata("general.file_type")
+        if type(file_type) is int:
+            try:
+                name = LlamaFileType(file_type & ~FILE_TYPE_GUESSED).name
+            except ValueError:
+                pass
+            else:
+                return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+        if not counts:
+            return None
+        majority = max(counts, key=counts.__getitem__)
+        try:
+            return GGMLQuantizationType(majority).name.lower()
+        except ValueError:
+            return None
 
     def context_length(self) -> int | None:
         """`<arch>.context_length`, the context the model was trained for, when present."""

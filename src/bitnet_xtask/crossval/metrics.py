@@ -1,15 +1,17 @@
 """How far apart two engines' logits are, and whether that is within tolerance.
 
 Both inputs are (n_positions, n_vocab) matrices, row i the logits after token i. They
-may be larger than memory (np.memmap of .npy files or of xtask-logits' logits.f32), so
-every metric is computed over chunks of positions: at most a few float64 copies of one
-chunk exist at a time, and per-position results are all that is kept.
+may be larger than memory (a backend's logits stay in its file, a `LogitsFile` that
+reads a block of rows at a time), so every metric is computed over chunks of positions:
+at most a few float64 copies of one chunk exist at a time, and per-position results are
+all that is kept.
 
 Per position: the largest absolute difference, the RMS difference, the cosine
 similarity, KL(p_ref || p_cand) of the softmaxed logits, whether the top-1 tokens agree,
 and the overlap of the top-k sets. A tolerance profile sets one threshold per metric;
-`verdict` names every metric that fails, where its worst value is and by how much it
-misses the threshold.
+`verdict` names every metric that fails (and a tokenization that differs), where its
+worst value is and by how much it misses the threshold. The runner and verify-receipt
+both judge through `verdict`, so a receipt is re-checked by the rule that wrote it.
 """
 
 from __future__ import annotations
@@ -127,8 +129,8 @@ class LogitsComparison:
 
 
 class Rows(Protocol):
-    """A (n_positions, n_vocab) matrix that hands out blocks of rows: an ndarray, a
-    memory map, or a `crossval.logits_file.LogitsFile`."""
+    """A (n_positions, n_vocab) matrix that hands out blocks of rows: an ndarray or a
+    `crossval.logits_file.LogitsFile`."""
 
     @property
     def shape(self) -> tuple[int, ...]: ...
@@ -339,6 +341,8 @@ class Failure:
     excess: float  # how far past the threshold, always positive (NaN for a NaN value)
 
     def message(self) -> str:
+        if self.metric == TOKENIZATION:
+            return f"tokenization differs from the reference's at token {self.position}"
         where = "" if self.position is None else f" at position {self.position}"
         side = "above the maximum" if self.bound == "max" else "below the minimum"
         return (
@@ -348,6 +352,11 @@ class Failure:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "message": self.message()}
+
+
+TOKENIZATION = "tokenization"
+"""The failure of a candidate whose token ids differ from the reference's: recorded as
+value 0 against a minimum of 1, at the first differing token (receipt version 1)."""
 
 
 @dataclass(frozen=True)
@@ -393,8 +402,11 @@ def verdict(
     comparison: LogitsComparison,
     tolerances: Tolerances,
     greedy: GreedyComparison | None = None,
+    tokens_differ_at: int | None = None,
 ) -> Verdict:
-    """Every metric of `comparison` (and `greedy`, if given) checked against `tolerances`.
+    """Every metric of `comparison` (and `greedy`, if given) checked against `tolerances`;
+    `tokens_differ_at`, the first token where the candidate's own tokenization of the
+    prompt differs from the reference's, fails the comparison whatever its logits say.
 
     Comparisons are written so that a NaN fails them.
     """
@@ -424,4 +436,6 @@ def verdict(
                 greedy.first_divergence,
             )
         )
+    if tokens_differ_at is not None:
+        checks.append(Failure(TOKENIZATION, 0.0, "min", 1.0, tokens_differ_at, 1.0))
     return Verdict(t.name, tuple(f for f in checks if f is not None))

@@ -14,13 +14,16 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
+from bitnet_xtask.cache import FIXTURES_DIR, MODELS_DIR
 from bitnet_xtask.crossval.backends import DEFAULT_TIMEOUT, prefix_variable
-from bitnet_xtask.crossval.runner import DEFAULT_PROMPT, CrossvalRequest, run_crossval
-from bitnet_xtask.download.store import hash_file
+from bitnet_xtask.crossval.request import DEFAULT_PROMPT, CrossvalRequest
+from bitnet_xtask.crossval.results import CrossvalResult
+from bitnet_xtask.crossval.runner import run_crossval
 from bitnet_xtask.errors import UsageError, XtaskError
 from bitnet_xtask.events import NullReporter, Reporter
+from bitnet_xtask.fs import hash_file
 
 T = TypeVar("T")
 STEPS = ("model", "fetch-cpp", "crossval")
@@ -34,10 +37,10 @@ class FullCrossvalRequest:
     arch: str = "llama"
     quant: str = "f32"
     seed: int = 0
-    fixtures_dir: Path = Path("crossval/fixtures")
+    fixtures_dir: Path = FIXTURES_DIR
     repo: str | None = None
     file: str | None = None
-    models_dir: Path = Path("models")
+    models_dir: Path = MODELS_DIR
     ref: str | None = None  # None: bitnet.cpp for i2_s models, else llama.cpp
     jobs: int | None = None
     backends: tuple[str, ...] = ()  # empty: cpp:<ref> and numpy
@@ -133,8 +136,8 @@ def _build(ref: str, jobs: int | None, reporter: Reporter) -> str:
 
 def run_full_crossval(
     request: FullCrossvalRequest, reporter: Reporter | None = None
-) -> dict[str, Any]:
-    """The three steps; returns the crossval receipt document."""
+) -> CrossvalResult:
+    """The three steps; returns crossval's result (`.to_receipt()`: the receipt)."""
     reporter = reporter or NullReporter()
     ref = reference_for(request)
     if request.repo is None:

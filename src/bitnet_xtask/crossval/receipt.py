@@ -1,16 +1,19 @@
 """The crossval receipt: a versioned JSON document, its schema, and its re-check.
 
-The schema (`receipt.schema.json`, shipped in the package) fixes the shape; the
-re-check recomputes every comparison's verdict from the per-position metrics and the
-thresholds recorded beside them, so a receipt whose verdict was edited, or whose
-metrics no longer support it, is caught.
+The document is written by `results.CrossvalResult.to_receipt()`. The schema
+(`receipt.schema.json`, shipped in the package) fixes the shape; the re-check
+recomputes every comparison's verdict from the per-position metrics, the greedy
+continuations, the tokenization and the thresholds recorded beside them, through the
+same `metrics.verdict` that judged them, so a receipt whose verdict was edited, or
+whose numbers no longer support it, is caught.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from collections import Counter
+from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,12 +21,9 @@ from typing import Any
 import numpy as np
 
 from bitnet_xtask.crossval import metrics
-from bitnet_xtask.crossval.gguf_file import GGUFFile
-from bitnet_xtask.download.store import atomic_write_text, hash_file, refuse_unless_replaceable
 from bitnet_xtask.errors import NoSpaceError, UsageError, XtaskError
+from bitnet_xtask.fs import atomic_write_text, refuse_unless_replaceable
 
-RECEIPT_KIND = "bitnet-xtask/crossval-receipt"
-RECEIPT_VERSION = 1
 SCHEMA_FILE = "receipt.schema.json"
 
 
@@ -32,62 +32,6 @@ def schema() -> dict[str, Any]:
     text = resources.files(__package__).joinpath(SCHEMA_FILE).read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     return loaded
-
-
-@dataclass(frozen=True)
-class ModelLimits:
-    """What bounds the input a model takes, from its GGUF header (None: not stated)."""
-
-    context_length: int | None
-    longest_token_bytes: int | None
-
-
-def _gguf_facts(reader: GGUFFile) -> tuple[str | None, str | None]:
-    """Architecture and weight type from the GGUF header, for models that came without
-    gen-fixtures' metadata (the reference's reader: gguf-py's refuses i2_s files)."""
-    from bitnet_xtask.fixtures.spec import FILE_TYPES
-
-    arch, file_type = reader.metadata("general.architecture"), reader.metadata("general.file_type")
-    quant = next((name for name, code in FILE_TYPES.items() if code == file_type), None)
-    return (None if arch is None else str(arch)), quant
-
-
-def _sidecar(path: Path) -> dict[str, Any] | None:
-    """gen-fixtures' metadata beside a model; anything else there (not a regular file,
-    not JSON, too large or too deep) is not ours to read."""
-    from bitnet_xtask.inputs import read_json
-
-    try:
-        loaded = read_json(path, what="model metadata")
-    except UsageError:
-        return None
-    return loaded if isinstance(loaded, dict) else None
-
-
-def inspect_model(model: Path) -> tuple[dict[str, Any], ModelLimits]:
-    """What the receipt says about a model (path, sha256, size, arch, quant and metadata:
-    gen-fixtures' JSON beside the model when there is one, else the GGUF header's) and
-    its input limits.
-
-    The GGUF header is always read, sidecar or not: a model that is not a regular file,
-    whose header is corrupt or whose tensors run past its end is refused here (exit 2),
-    before any backend runs.
-    """
-    reader = GGUFFile(model)
-    metadata = _sidecar(model.with_suffix(".json"))
-    if metadata is not None and {"arch", "quant"} <= metadata.keys():
-        arch, quant = metadata["arch"], metadata["quant"]
-    else:
-        arch, quant = _gguf_facts(reader)
-    facts = {
-        "path": str(model),
-        "sha256": hash_file(model),
-        "size_bytes": reader.size,
-        "arch": arch,
-        "quant": quant,
-        "metadata": metadata,
-    }
-    return facts, ModelLimits(reader.context_length(), reader.longest_token_bytes())
 
 
 def _json_safe(value: Any) -> Any:
@@ -159,13 +103,25 @@ def _logits_comparison(comparison: dict[str, Any]) -> metrics.LogitsComparison:
     )
 
 
-def _recomputed(comparison: dict[str, Any], tolerances: metrics.Tolerances) -> metrics.Verdict:
-    logits = _logits_comparison(comparison)
+def _token_difference(run: dict[str, Any], candidate: str) -> int | None:
+    """Where the candidate's own ids, as recorded, part from the ids the run evaluated
+    (None: the same, or the candidate did not tokenize)."""
+    parity = next((t for t in run["tokenization"] if t["backend"] == candidate), None)
+    if parity is None or parity["tokens"] is None:
+        return None
+    return metrics.compare_greedy(run["tokens"], parity["tokens"]).first_divergence
+
+
+def _recomputed(
+    comparison: dict[str, Any], tolerances: metrics.Tolerances, run: dict[str, Any]
+) -> metrics.Verdict:
+    """The verdict the recorded numbers give, by the rule that judged them."""
     greedy = comparison.get("greedy")
     greedy_comparison = (
         metrics.compare_greedy(greedy["reference"], greedy["candidate"]) if greedy else None
     )
-    return metrics.verdict(logits, tolerances, greedy_comparison)
+    differ = _token_difference(run, comparison["candidate"])
+    return metrics.verdict(_logits_comparison(comparison), tolerances, greedy_comparison, differ)
 
 
 def _summary_errors(comparison: dict[str, Any], where: str) -> list[str]:
@@ -187,11 +143,29 @@ def _same(a: Any, b: float) -> bool:
     return math.isclose(float(a), b, rel_tol=1e-9, abs_tol=1e-12)
 
 
+def _run_structure_errors(
+    where: str, run: dict[str, Any], specs: list[str], pairs: list[list[str]]
+) -> list[str]:
+    """One run compares each backend after the first with the first, records every
+    backend's evaluation, and each recorded tokenization agrees with its own ids."""
+    errors = []
+    compared = [[c["reference"], c["candidate"]] for c in run["comparisons"]]
+    if compared != pairs:
+        errors.append(f"{where}: comparisons {compared}, but the backends give {pairs}")
+    if [e["backend"] for e in run["evaluations"]] != specs:
+        errors.append(f"{where}: not every backend's evaluation is recorded")
+    for parity in run["tokenization"]:
+        if parity["tokens"] is not None and parity["match"] != (parity["tokens"] == run["tokens"]):
+            errors.append(f"{where}: {parity['backend']}'s tokenization "
+                          f"match={parity['match']} contradicts its ids")  # fmt: skip
+    return errors
+
+
 def _structure_errors(receipt: dict[str, Any]) -> list[str]:
     """What a receipt must hold before its verdict means anything: every model without an
-    error has one run per input (each prompt, or the ids), and each run evaluates every
-    backend and compares each one after the first with the first. Without this, deleting
-    the runs or comparisons of a failing receipt made it pass."""
+    error has one run per input (each prompt, or the ids), each as `_run_structure_errors`
+    says. Without this, deleting the runs or comparisons of a failing receipt made it
+    pass."""
     settings, errors = receipt["settings"], []
     inputs = [None] if settings["token_ids"] is not None else list(settings["prompts"])
     specs = [backend["spec"] for backend in receipt["backends"]]
@@ -206,70 +180,79 @@ def _structure_errors(receipt: dict[str, Any]) -> list[str]:
                 f"{len(inputs)} input(s): a run is missing or does not match its prompt"
             )
         for index, run in enumerate(model["runs"], 1):
-            compared = [[c["reference"], c["candidate"]] for c in run["comparisons"]]
-            if compared != pairs:
-                errors.append(f"{name}, run {index}: comparisons {compared}, but the "
-                              f"backends give {pairs}")  # fmt: skip
-            if [e["backend"] for e in run["evaluations"]] != specs:
-                errors.append(f"{name}, run {index}: not every backend's evaluation is recorded")
-            for parity in run["tokenization"]:
-                if parity["tokens"] is not None and parity["match"] != (
-                    parity["tokens"] == run["tokens"]
-                ):
-                    errors.append(f"{name}, run {index}: {parity['backend']}'s tokenization "
-                                  f"match={parity['match']} contradicts its ids")  # fmt: skip
+            errors += _run_structure_errors(f"{name}, run {index}", run, specs, pairs)
     return errors
+
+
+def _failure_errors(
+    recorded: list[dict[str, Any]], expected: tuple[metrics.Failure, ...], where: str
+) -> list[str]:
+    """The recorded failures must be the ones the numbers give, metric by metric."""
+    have = Counter(f["metric"] for f in recorded)
+    want = Counter(f.metric for f in expected)
+    missing = [f"{where}: the numbers give a {metric} failure that is not recorded"
+               for metric in sorted(want - have)]  # fmt: skip
+    return missing + [f"{where}: a {metric} failure is recorded that the numbers do not give"
+                      for metric in sorted(have - want)]  # fmt: skip
+
+
+def _comparison_errors(
+    comparison: dict[str, Any], tolerances: metrics.Tolerances, run: dict[str, Any], where: str
+) -> tuple[list[str], bool]:
+    """Where one comparison's recorded verdict and its numbers disagree, and whether the
+    numbers say it passed."""
+    expected = _recomputed(comparison, tolerances, run)
+    recorded = comparison["verdict"]
+    errors = _summary_errors(comparison, where)
+    if recorded["passed"] != expected.passed:
+        errors.append(
+            f"{where}: recorded verdict passed={recorded['passed']}, but the "
+            f"metrics and thresholds say passed={expected.passed}"
+        )
+    return errors + _failure_errors(recorded["failures"], expected.failures, where), expected.passed
+
+
+def _recorded_tolerances(model: dict[str, Any]) -> tuple[metrics.Tolerances, list[str]]:
+    """The thresholds recorded for a model, and an error if they claim a built-in
+    profile's name with other numbers."""
+    recorded = model["tolerances"]
+    tolerances = metrics.Tolerances(
+        **{f.name: recorded[f.name] for f in fields(metrics.Tolerances)}
+    )
+    builtin = metrics.PROFILES.get(tolerances.name)
+    if builtin is None or builtin == tolerances:
+        return tolerances, []
+    return tolerances, [
+        f"{Path(model['path']).name}: profile {tolerances.name!r} is recorded with "
+        "thresholds that are not the built-in ones"
+    ]
+
+
+def _model_errors(model: dict[str, Any]) -> tuple[list[str], bool]:
+    """Where one model's record contradicts itself, and whether it failed."""
+    name = Path(model["path"]).name
+    tolerances, errors = _recorded_tolerances(model)
+    failed = model["error"] is not None
+    if failed and model["runs"]:
+        errors.append(f"{name}: an error and runs both recorded")
+    for run in model["runs"]:
+        for comparison in run["comparisons"]:
+            where = f"{name} / {comparison['candidate']}"
+            found, passed = _comparison_errors(comparison, tolerances, run, where)
+            errors += found
+            failed |= not passed
+    return errors, failed
 
 
 def verdict_errors(receipt: dict[str, Any]) -> list[str]:
     """Where the recorded verdicts disagree with what the recorded numbers say, or the
     receipt lacks the runs and comparisons its settings call for."""
     errors = _structure_errors(receipt)
-    threshold_names = {f.name for f in fields(metrics.Tolerances)}
     any_failed = False
     for model in receipt["models"]:
-        if model["error"] is not None:
-            any_failed = True
-            if model["runs"]:
-                errors.append(f"{Path(model['path']).name}: an error and runs both recorded")
-        recorded = model["tolerances"]
-        tolerances = metrics.Tolerances(**{k: recorded[k] for k in threshold_names})
-        builtin = metrics.PROFILES.get(tolerances.name)
-        if builtin is not None and builtin != tolerances:
-            errors.append(
-                f"{Path(model['path']).name}: profile {tolerances.name!r} is recorded with "
-                "thresholds that are not the built-in ones"
-            )
-        for run in model["runs"]:
-            mismatched = {t["backend"] for t in run["tokenization"] if t["match"] is False}
-            for comparison in run["comparisons"]:
-                verdict = comparison["verdict"]
-                expected = _recomputed(comparison, tolerances)
-                errors += _summary_errors(comparison, f"{Path(model['path']).name}")
-                tokenization_failed = comparison["candidate"] in mismatched
-                if tokenization_failed != any(
-                    f["metric"] == "tokenization" for f in verdict["failures"]
-                ):
-                    errors.append(
-                        f"{Path(model['path']).name} / {comparison['candidate']}: the "
-                        "tokenization failure and the recorded parity disagree"
-                    )
-                passed = expected.passed and not tokenization_failed
-                any_failed |= not passed
-                where = f"{Path(model['path']).name} / {comparison['candidate']}"
-                if verdict["passed"] != passed:
-                    errors.append(
-                        f"{where}: recorded verdict passed={verdict['passed']}, but the "
-                        f"metrics and thresholds say passed={passed}"
-                    )
-                recorded_metrics = sorted(
-                    f["metric"] for f in verdict["failures"] if f["metric"] != "tokenization"
-                )
-                if recorded_metrics != sorted(f.metric for f in expected.failures):
-                    errors.append(
-                        f"{where}: recorded failures {recorded_metrics} differ from "
-                        f"{sorted(f.metric for f in expected.failures)}"
-                    )
+        found, failed = _model_errors(model)
+        errors += found
+        any_failed |= failed
     if receipt["verdict"]["passed"] == any_failed:
         errors.append(
             f"overall verdict passed={receipt['verdict']['passed']} contradicts the comparisons"

@@ -135,81 +135,108 @@ def _unsupported(path: Path, what: str) -> XtaskError:
     )
 
 
-def read_hparams(gguf: GGUFFile, path: Path) -> Hparams:
-    """The hyperparameters, with llama.cpp's defaults for the optional keys.
+@dataclass(frozen=True)
+class _Keys:
+    """The `<arch>.*` metadata of one file, each value checked for its kind as it is read
+    (a count is a whole number >= 1, a real number is finite): the header is the user's
+    file, and a zero head count or a string where a number belongs must be refused by
+    name, not fail as a ZeroDivisionError. Absent keys take llama.cpp's defaults."""
 
-    Each value is checked for its kind (a count is a whole number >= 1, a real number is
-    finite): the header is the user's file, and a zero head count or a string where a
-    number belongs must be refused by name, not fail as a ZeroDivisionError.
-    """
+    gguf: GGUFFile
+    path: Path
+    arch: str
+
+    def scalar(self, key: str, default: float | str | None = None) -> Any:
+        value = self.gguf.metadata(f"{self.arch}.{key}")
+        if value is None and default is None:
+            raise _unsupported(self.path, f"the required key {self.arch}.{key} is missing")
+        if isinstance(value, list):
+            raise _unsupported(self.path, f"{self.arch}.{key} varies by layer")
+        return default if value is None else value
+
+    def count(self, key: str, default: int | None = None, minimum: int = 1) -> int:
+        value = self.scalar(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise _unsupported(
+                self.path, f"{self.arch}.{key} is {value!r}, not a whole number >= {minimum}"
+            )
+        return value
+
+    def real(self, key: str, default: float | None = None) -> float:
+        value = self.scalar(key, default)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number and math.isfinite(value)):
+            raise _unsupported(self.path, f"{self.arch}.{key} is {value!r}, not a finite number")
+        return float(value)
+
+
+def _refuse_unimplemented(keys: _Keys) -> None:
+    """What the two graphs do not do: experts, RoPE scaling other than linear."""
+    if keys.count("expert_count", 0, minimum=0) > 0:
+        raise _unsupported(keys.path, "mixture-of-experts models are not implemented")
+    scaling = keys.scalar("rope.scaling.type", "linear")
+    if scaling not in ("none", "linear"):
+        raise _unsupported(keys.path, f"RoPE scaling {scaling!r} is not implemented")
+
+
+def _heads(keys: _Keys) -> tuple[int, int, int, int]:
+    """n_embd, n_head, n_head_kv and head_dim, checked to fit together."""
+    n_embd = keys.count("embedding_length")
+    n_head = keys.count("attention.head_count")
+    head_dim = keys.count("attention.key_length", n_embd // n_head)
+    if keys.count("attention.value_length", head_dim) != head_dim:
+        raise _unsupported(keys.path, "key and value heads of different sizes are not implemented")
+    n_head_kv = keys.count("attention.head_count_kv", n_head)
+    if n_head % n_head_kv:
+        raise _unsupported(
+            keys.path, f"{n_head} query heads do not share {n_head_kv} KV heads evenly"
+        )
+    return n_embd, n_head, n_head_kv, head_dim
+
+
+def _layers_and_rope(keys: _Keys, n_tensors: int, head_dim: int) -> tuple[int, int]:
+    """n_layer (each layer has nine tensors or more) and n_rot (within a head; all of it
+    for llama's NORM RoPE)."""
+    n_layer = keys.count("block_count")
+    if n_layer > n_tensors:
+        raise _unsupported(keys.path, f"{n_layer} layers, but the file holds only "
+                                      f"{n_tensors} tensors")  # fmt: skip
+    n_rot = keys.count("rope.dimension_count", head_dim)
+    if n_rot > head_dim or n_rot % 2 or (keys.arch == "llama" and n_rot != head_dim):
+        raise _unsupported(
+            keys.path, f"rope.dimension_count {n_rot} does not fit heads of {head_dim}"
+        )
+    return n_layer, n_rot
+
+
+def read_hparams(gguf: GGUFFile, path: Path) -> Hparams:
+    """The hyperparameters, with llama.cpp's defaults for the optional keys (`_Keys`)."""
     arch = gguf.metadata("general.architecture")
     if arch not in ROPE_TYPES:
         raise _unsupported(path, f"architecture {arch!r} is not one the reference implements")
-
-    def scalar(key: str, default: float | str | None = None) -> Any:
-        value = gguf.metadata(f"{arch}.{key}")
-        if value is None and default is None:
-            raise _unsupported(path, f"the required key {arch}.{key} is missing")
-        if isinstance(value, list):
-            raise _unsupported(path, f"{arch}.{key} varies by layer")
-        return default if value is None else value
-
-    def count(key: str, default: int | None = None, minimum: int = 1) -> int:
-        value = scalar(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _unsupported(path, f"{arch}.{key} is {value!r}, not a whole number >= {minimum}")
-        return value
-
-    def real(key: str, default: float | None = None) -> float:
-        value = scalar(key, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            raise _unsupported(path, f"{arch}.{key} is {value!r}, not a finite number")
-        return float(value)
-
-    if count("expert_count", 0, minimum=0) > 0:
-        raise _unsupported(path, "mixture-of-experts models are not implemented")
-    scaling = scalar("rope.scaling.type", "linear")
-    if scaling not in ("none", "linear"):
-        raise _unsupported(path, f"RoPE scaling {scaling!r} is not implemented")
+    keys = _Keys(gguf, path, arch)
+    _refuse_unimplemented(keys)
     embedding = gguf.tensor_infos.get("token_embd.weight")
     if embedding is None or len(embedding.shape) != 2:
         raise _unsupported(path, "the tensor token_embd.weight is missing or not a matrix")
-
-    n_embd = count("embedding_length")
-    n_head = count("attention.head_count")
-    head_dim = count("attention.key_length", n_embd // n_head)
-    if count("attention.value_length", head_dim) != head_dim:
-        raise _unsupported(path, "key and value heads of different sizes are not implemented")
-    n_head_kv = count("attention.head_count_kv", n_head)
-    if n_head % n_head_kv:
-        raise _unsupported(path, f"{n_head} query heads do not share {n_head_kv} KV heads evenly")
-    n_layer = count("block_count")
-    if n_layer > len(gguf.tensor_infos):  # each layer has nine tensors or more
-        raise _unsupported(path, f"{n_layer} layers, but the file holds only "
-                                 f"{len(gguf.tensor_infos)} tensors")  # fmt: skip
-    n_rot = count("rope.dimension_count", head_dim)
-    if n_rot > head_dim or n_rot % 2 or (arch == "llama" and n_rot != head_dim):
-        raise _unsupported(path, f"rope.dimension_count {n_rot} does not fit heads of {head_dim}")
-    factor = real("rope.scaling.factor", 0.0)
+    n_embd, n_head, n_head_kv, head_dim = _heads(keys)
+    n_layer, n_rot = _layers_and_rope(keys, len(gguf.tensor_infos), head_dim)
+    factor = keys.real("rope.scaling.factor", 0.0)
     return Hparams(
         arch=arch,
         n_vocab=embedding.shape[0],
-        n_ctx_train=count("context_length"),
+        n_ctx_train=keys.count("context_length"),
         n_embd=n_embd,
         n_layer=n_layer,
         n_head=n_head,
         n_head_kv=n_head_kv,
         head_dim=head_dim,
-        n_ff=count("feed_forward_length"),
+        n_ff=keys.count("feed_forward_length"),
         n_rot=n_rot,
         rope_type=ROPE_TYPES[arch],
-        rope_freq_base=real("rope.freq_base", 10000.0),
+        rope_freq_base=keys.real("rope.freq_base", 10000.0),
         rope_freq_scale=1.0 if factor == 0.0 else 1.0 / factor,
-        rms_eps=real("attention.layer_norm_rms_epsilon"),
+        rms_eps=keys.real("attention.layer_norm_rms_epsilon"),
     )
 
 

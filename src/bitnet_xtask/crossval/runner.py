@@ -2,313 +2,244 @@
 
 For each model and prompt: the first backend tokenizes the prompt; every backend that
 tokenizes too is checked for the same ids; every backend evaluates those ids; each
-backend after the first is compared with it (logits per position, greedy continuation)
-and judged against the model's tolerance profile. The result is the receipt document
-(`crossval.receipt`), whose `verdict` says whether everything passed.
+backend after the first is compared with it (logits per position, greedy continuation,
+its own tokenization) and judged against the model's tolerance profile
+(`metrics.verdict`). The result stays typed (`crossval.results`) until the caller asks
+for the receipt (`CrossvalResult.to_receipt()`).
+
+A model one backend cannot run fails alone, recorded in the receipt, whichever backend
+it is and whatever it raised: the runner reaches backends only through `Guarded`, which
+turns any `XtaskError` or `OSError` from a backend call (the reference refusing an
+architecture, an engine's exit status or deadline, an unreadable output) into that
+model's error, and the other models are still compared. Ctrl-C and bugs (any other
+exception) propagate. What is wrong with the request itself is refused before the first
+engine runs (`crossval.request`).
 """
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import errno
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from bitnet_xtask.crossval import metrics
-from bitnet_xtask.crossval.backends import (
-    DEFAULT_TIMEOUT,
-    Backend,
-    BackendError,
-    Evaluation,
-    make_backend,
+from bitnet_xtask.crossval.backends import Backend, Evaluation, make_backend
+from bitnet_xtask.crossval.request import (
+    CONTEXT_HINT,
+    TOKENIZER_HINT,
+    CrossvalRequest,
+    PlannedModel,
+    check_counts,
+    context_problem,
+    plan_models,
+    tokenizer_problem,
 )
-from bitnet_xtask.crossval.receipt import RECEIPT_KIND, RECEIPT_VERSION, ModelLimits, inspect_model
-from bitnet_xtask.errors import UsageError
+from bitnet_xtask.crossval.results import (
+    Comparison,
+    CrossvalResult,
+    EvaluationRecord,
+    ModelResult,
+    PromptRun,
+    TokenizationParity,
+)
+from bitnet_xtask.errors import Interrupted, NoSpaceError, UsageError, XtaskError
 from bitnet_xtask.events import NullReporter, Reporter
 
-DEFAULT_PROMPT = "The capital of France is Paris, and the capital of Germany is"
-DEFAULT_BACKENDS = ("cpp:llama.cpp", "numpy")
-STRICT_QUANTS = frozenset({"f32", "f16", "bf16"})
+T = TypeVar("T")
+
+
+class ModelError(Exception):
+    """Why one model could not be compared; the runner records it as that model's error.
+    Not an `XtaskError`: it never leaves the runner, so it can never stand for a whole
+    run's exit status."""
 
 
 @dataclass(frozen=True)
-class CrossvalRequest:
-    """What to compare; every field lands in the receipt."""
+class Guarded:
+    """A backend as the runner sees it: the one door through which it is called."""
 
-    models: tuple[Path, ...]
-    backends: tuple[str, ...] = DEFAULT_BACKENDS
-    prompts: tuple[str, ...] = (DEFAULT_PROMPT,)
-    token_ids: tuple[int, ...] | None = None  # instead of prompts: no tokenizing at all
-    n_predict: int = 8
-    profile: str | None = None  # strict | quantized | a JSON file; None: from the quant
-    top_k: int = metrics.DEFAULT_TOP_K
-    threads: int | None = None
-    timeout: float = DEFAULT_TIMEOUT  # seconds per engine call; then its process group is killed
+    backend: Backend
 
+    @property
+    def spec(self) -> str:
+        return self.backend.spec
 
-def discover_models(root: Path) -> tuple[Path, ...]:
-    """Every complete GGUF under `root` (the reference guide: crossval looks in models/)."""
-    found = tuple(sorted(p for p in root.rglob("*.gguf") if p.is_file()))
-    if not found:
-        raise UsageError(
-            f"no .gguf models under {root}/",
-            "pass --model PATH, or make one: xtask gen-fixtures --size tiny --output models",
-        )
-    return found
+    def call(self, action: Callable[[], T]) -> T:
+        """`action()` (a call of this backend), with what a backend raises for a model it
+        cannot run turned into a `ModelError` that names the backend."""
+        try:
+            return action()
+        except (NoSpaceError, Interrupted):
+            raise  # the machine's disk, or the user: the whole run's exit status
+        except XtaskError as exc:
+            message = exc.message or "it failed"
+            hint = f" ({exc.hint})" if exc.hint else ""
+            named = message if message.startswith(self.spec) else f"{self.spec}: {message}"
+            raise ModelError(named + hint) from exc
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpaceError(
+                    f"disk full while {self.spec} ran: {exc.strerror}",
+                    "free some space (the engines write to the temp folder, $TMPDIR) and run again",
+                ) from None
+            raise ModelError(f"{self.spec}: {exc.strerror or exc}") from exc
 
+    def tokenize(self, model: Path, prompt: str, workdir: Path) -> list[int] | None:
+        return self.call(lambda: self.backend.tokenize(model, prompt, workdir))
 
-def tolerances_for(quant: str | None, profile: str | None) -> metrics.Tolerances:
-    """The profile asked for, else strict for float weights and quantized for the rest."""
-    if profile is None:
-        return metrics.tolerance_profile("strict" if quant in STRICT_QUANTS else "quantized")
-    if profile in metrics.PROFILES:
-        return metrics.tolerance_profile(profile)
-    if not Path(profile).exists():
-        raise UsageError(
-            f"unknown tolerance profile {profile!r}",
-            f"use {', '.join(metrics.PROFILES)} or the path of a JSON file (README: crossval)",
-        )
-    return metrics.load_tolerances(Path(profile))
-
-
-def _profile_file(profile: str | None) -> metrics.Tolerances | None:
-    """A profile given as a file, read once, up front (None: a built-in one, or none)."""
-    if profile is None or profile in metrics.PROFILES:
-        return None
-    return tolerances_for(None, profile)
-
-
-def context_problem(model: Path, limits: ModelLimits, n_tokens: int, n_predict: int) -> str | None:
-    """Why `n_tokens` ids plus `n_predict` continued ones do not fit the model's context
-    (None when they do, or when the model does not say its context). The harness sizes
-    its context to the sequence, so an unchecked 60,000-token prompt would allocate for
-    60,000 positions; the NumPy reference would build 60,000 x 60,000 attention scores."""
-    n_ctx = limits.context_length
-    if n_ctx is None or n_tokens + n_predict <= n_ctx:
-        return None
-    return (
-        f"{n_tokens} tokens + --n-predict {n_predict} = {n_tokens + n_predict} positions, "
-        f"more than the {n_ctx}-token context of {model.name}"
-    )
-
-
-def prompt_problem(model: Path, limits: ModelLimits, prompt: str, n_predict: int) -> str | None:
-    """Why a prompt surely does not fit, known before it is tokenized: no token covers
-    more bytes of text than the vocabulary's longest token (as stored: SPM writes a space
-    as 3-byte `▁`, a byte token as `<0x41>`), so a prompt longer than
-    (context - n_predict) x that many bytes needs more positions than the context has."""
-    n_ctx, longest = limits.context_length, limits.longest_token_bytes
-    if n_ctx is None or longest is None:
-        return None
-    room = max(n_ctx - n_predict, 0) * longest
-    size = len(prompt.encode("utf-8", "surrogatepass"))
-    if size <= room:
-        return None
-    return (
-        f"a prompt of {size:,} bytes cannot fit the {n_ctx}-token context of "
-        f"{model.name} with --n-predict {n_predict} (at most {room:,} bytes: "
-        f"{max(n_ctx - n_predict, 0)} tokens of at most {longest} bytes)"
-    )
-
-
-def _check_fits(
-    request: CrossvalRequest, inputs: Sequence[str | None], model: Path, limits: ModelLimits
-) -> None:
-    """Refuse, before anything runs, what cannot fit a model's context."""
-    for index, prompt in enumerate(inputs):
-        if prompt is None:
-            n_ids = len(request.token_ids or ())
-            problem = context_problem(model, limits, n_ids, request.n_predict)
-        else:
-            problem = prompt_problem(model, limits, prompt, request.n_predict)
-        if problem:
-            which = "--tokens-file" if prompt is None else f"prompt {index + 1}"
-            raise UsageError(f"{which}: {problem}", CONTEXT_HINT)
-
-
-CONTEXT_HINT = "shorten the prompt or lower --n-predict (the model's context_length is the limit)"
-
-
-def _first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
-    return metrics.compare_greedy(a, b).first_divergence
+    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
+        return self.call(lambda: self.backend.evaluate(model, tokens, n_predict, workdir))
 
 
 def _compare(
-    reference: Evaluation,
-    candidate: Evaluation,
+    specs: tuple[str, str],
+    evaluations: tuple[Evaluation, Evaluation],
     tolerances: metrics.Tolerances,
     top_k: int,
-    name: str,
-) -> dict[str, Any]:
+    tokens_differ_at: int | None,
+) -> Comparison:
+    """The candidate (second) against the reference (first), judged."""
+    reference, candidate = evaluations
     if reference.logits.shape[1] != candidate.logits.shape[1]:
-        raise BackendError(
-            f"{name}: {candidate.logits.shape[1]} logits per position, but the reference has "
-            f"{reference.logits.shape[1]}: it is not running the same model (vocabulary)"
+        raise ModelError(
+            f"{specs[1]}: {candidate.logits.shape[1]} logits per position, but the reference "
+            f"has {reference.logits.shape[1]}: it is not running the same model (vocabulary)"
         )
-    logits = metrics.compare_logits(
-        reference.logits, candidate.logits, top_k=min(top_k, reference.logits.shape[1])
-    )
+    try:  # the engines' files are read only now, a block of rows at a time
+        logits = metrics.compare_logits(
+            reference.logits, candidate.logits, top_k=min(top_k, reference.logits.shape[1])
+        )
+    except (OSError, ValueError) as exc:  # LogitsFile: a file that changed since it was checked
+        raise ModelError(f"comparing {specs[1]} with {specs[0]}: {exc}") from exc
     greedy = None
     if reference.continuation is not None and candidate.continuation is not None:
         greedy = metrics.compare_greedy(reference.continuation, candidate.continuation)
-    judged = metrics.verdict(logits, tolerances, greedy)
-    return {
-        "metrics": logits.to_dict(),
-        "greedy": greedy.to_dict() if greedy else None,
-        "verdict": judged.to_dict(),
-    }
+    judged = metrics.verdict(logits, tolerances, greedy, tokens_differ_at)
+    return Comparison(specs[0], specs[1], logits, greedy, judged)
 
 
 def _tokenize(
-    model: Path, prompt: str, backends: Sequence[Backend], workdir: Path
-) -> tuple[list[int], list[dict[str, Any]]]:
-    """The first backend's ids, and every tokenizing backend's agreement with them."""
+    model: Path, prompt: str, backends: Sequence[Guarded], workdir: Path
+) -> tuple[list[int], tuple[TokenizationParity, ...]]:
+    """The first backend's ids, and every backend's own ids against them."""
     first = backends[0]
     tokens = first.tokenize(model, prompt, workdir / "0")
-    if tokens is None:
-        raise UsageError(
-            f"the first backend ({first.spec}) does not tokenize",
-            "put a tokenizing backend (cpp:...) first, or give the ids with --tokens-file",
-        )
-    tokenization = []
-    for index, backend in enumerate(backends):
-        ids = tokens if index == 0 else backend.tokenize(model, prompt, workdir / str(index))
-        difference = None if ids is None else _first_difference(tokens, ids)
-        match = None if ids is None else difference is None
-        tokenization.append(
-            {"backend": backend.spec, "tokens": ids, "match": match, "first_difference": difference}
-        )
-    return tokens, tokenization
+    if tokens is None:  # `tokenizer_problem` said it would
+        raise ModelError(f"{first.spec}: gave no token ids for prompt {prompt!r}")
+    parity = [TokenizationParity(first.spec, tuple(tokens), None)]
+    for index, backend in enumerate(backends[1:], 1):
+        ids = backend.tokenize(model, prompt, workdir / str(index))
+        differ = None if ids is None else metrics.compare_greedy(tokens, ids).first_divergence
+        parity.append(TokenizationParity(backend.spec, None if ids is None else tuple(ids), differ))
+    return tokens, tuple(parity)
 
 
-def _run_prompt(
-    model: Path,
-    limits: ModelLimits,
-    prompt: str | None,
-    backends: Sequence[Backend],
-    request: CrossvalRequest,
-    tolerances: metrics.Tolerances,
-    workdir: Path,
-    reporter: Reporter,
-) -> dict[str, Any]:
-    first = backends[0]
-    tokenization: list[dict[str, Any]] = []
+@dataclass(frozen=True)
+class _Context:
+    """What every prompt of one model runs with."""
+
+    model: PlannedModel
+    backends: Sequence[Guarded]
+    request: CrossvalRequest
+    reporter: Reporter
+
+
+def _comparisons(
+    ctx: _Context, evaluations: Sequence[Evaluation], parity: Sequence[TokenizationParity]
+) -> tuple[Comparison, ...]:
+    """Each backend after the first against the first, each reported as it is judged."""
+    reference, compared = ctx.backends[0].spec, []
+    for index, backend in enumerate(ctx.backends[1:], 1):
+        differ = parity[index].first_difference if parity else None
+        comparison = _compare((reference, backend.spec), (evaluations[0], evaluations[index]),
+                              ctx.model.tolerances, ctx.request.top_k, differ)  # fmt: skip
+        compared.append(comparison)
+        summary: dict[str, float | None] = dict(comparison.logits.summary())
+        ctx.reporter.emit({"phase": "comparison", "model": str(ctx.model.facts.path),
+                           "candidate": backend.spec, "passed": comparison.verdict.passed,
+                           "summary": summary})  # fmt: skip
+    return tuple(compared)
+
+
+def _record(spec: str, evaluation: Evaluation) -> EvaluationRecord:
+    ids = evaluation.continuation
+    return EvaluationRecord(spec, evaluation.seconds, None if ids is None else tuple(ids))
+
+
+def _run_prompt(ctx: _Context, prompt: str | None, workdir: Path) -> PromptRun:
+    facts, request = ctx.model.facts, ctx.request
+    parity: tuple[TokenizationParity, ...] = ()
     if prompt is None:
         tokens = list(request.token_ids or ())
     else:
-        tokens, tokenization = _tokenize(model, prompt, backends, workdir)
-        if problem := context_problem(model, limits, len(tokens), request.n_predict):
+        tokens, parity = _tokenize(facts.path, prompt, ctx.backends, workdir)
+        if problem := context_problem(facts.path, facts.limits, len(tokens), request.n_predict):
             raise UsageError(f"the prompt {prompt[:40]!r}...: {problem}", CONTEXT_HINT)
-    evaluations: list[Evaluation] = []
-    for index, backend in enumerate(backends):
-        reporter.info(f"  {backend.spec}: evaluating {len(tokens)} tokens")
-        evaluations.append(
-            backend.evaluate(model, tokens, request.n_predict, workdir / str(index) / "eval")
-        )
-    comparisons = []
-    for backend, evaluation in zip(backends[1:], evaluations[1:], strict=True):
-        compared = _compare(evaluations[0], evaluation, tolerances, request.top_k, backend.spec)
-        parity = next((t for t in tokenization if t["backend"] == backend.spec), {})
-        if parity.get("match") is False:
-            compared["verdict"]["passed"] = False
-            compared["verdict"]["failures"].append(
-                {"metric": "tokenization", "value": 0.0, "bound": "min", "threshold": 1.0,
-                 "position": parity["first_difference"], "excess": 1.0,
-                 "message": f"tokenization differs from {first.spec} at token "
-                            f"{parity['first_difference']}"}
-            )  # fmt: skip
-        comparisons.append({"reference": first.spec, "candidate": backend.spec, **compared})
-        reporter.emit({"phase": "comparison", "model": str(model), "candidate": backend.spec,
-                       "passed": compared["verdict"]["passed"],
-                       "summary": compared["metrics"]["summary"]})  # fmt: skip
-    return {
-        "prompt": prompt,
-        "tokens": tokens,
-        "tokenization": tokenization,
-        "evaluations": [
-            {"backend": b.spec, "seconds": round(e.seconds, 3), "continuation": e.continuation}
-            for b, e in zip(backends, evaluations, strict=True)
-        ],
-        "comparisons": comparisons,
-    }
+    evaluations = []
+    for index, backend in enumerate(ctx.backends):
+        ctx.reporter.info(f"  {backend.spec}: evaluating {len(tokens)} tokens")
+        where = workdir / str(index) / "eval"
+        evaluations.append(backend.evaluate(facts.path, tokens, request.n_predict, where))
+    records = tuple(_record(b.spec, e) for b, e in zip(ctx.backends, evaluations, strict=True))
+    return PromptRun(prompt, tuple(tokens), parity, records, _comparisons(ctx, evaluations, parity))
 
 
-def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run every model and prompt through every backend; returns the receipt document."""
-    reporter = reporter or NullReporter()
-    if len(request.backends) < 2:
-        raise UsageError(
-            "crossval compares at least two backends",
-            "e.g. --backend cpp:llama.cpp --backend numpy",
-        )
-    if not request.models:
-        raise UsageError("no models to compare")
-    backends = [make_backend(spec, request.threads, request.timeout) for spec in request.backends]
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    inputs: Sequence[str | None] = request.prompts if request.token_ids is None else [None]
-    # Everything that can be refused is refused before the first engine runs.
-    profile = _profile_file(request.profile)
-    inspected = [inspect_model(model) for model in request.models]
-    for model, (_facts, limits) in zip(request.models, inspected, strict=True):
-        _check_fits(request, inputs, model, limits)
-    workdir = Path(tempfile.mkdtemp(prefix="xtask-crossval-"))
-    models = []
+def _run_model(ctx: _Context, workdir: Path) -> ModelResult:
+    facts, tolerances = ctx.model.facts, ctx.model.tolerances
+    ctx.reporter.info(f"{facts.name} ({facts.quant or 'unknown quant'}, profile {tolerances.name})")
     try:
-        for model_index, (model, (facts, limits)) in enumerate(
-            zip(request.models, inspected, strict=True)
-        ):
-            tolerances = profile or tolerances_for(facts["quant"], request.profile)
-            reporter.info(
-                f"{model.name} ({facts['quant'] or 'unknown quant'}, profile {tolerances.name})"
-            )
-            entry = {**facts, "tolerances": tolerances.to_dict(), "runs": [], "error": None}
-            try:
-                entry["runs"] = [
-                    _run_prompt(model, limits, prompt, backends, request, tolerances,
-                                workdir / f"m{model_index}" / f"p{i}", reporter)
-                    for i, prompt in enumerate(inputs)
-                ]  # fmt: skip
-            except BackendError as exc:
-                # One model an engine cannot run (say i2_s in upstream llama.cpp) fails
-                # that model, not the whole run: the others are still compared.
-                reporter.info(f"  {model.name}: {exc.message}")
-                entry["error"] = exc.message or "the backend failed"
-            models.append(entry)
+        runs = tuple(
+            _run_prompt(ctx, prompt, workdir / f"p{index}")
+            for index, prompt in enumerate(ctx.request.inputs)
+        )
+    except ModelError as exc:
+        ctx.reporter.info(f"  {facts.name}: {exc}")
+        return ModelResult(facts, tolerances, error=str(exc))
+    return ModelResult(facts, tolerances, runs)
+
+
+@contextlib.contextmanager
+def _opened(request: CrossvalRequest) -> Iterator[list[Guarded]]:
+    """Every backend of the request (a spec that names nothing usable is refused here,
+    exit 2), closed when the run ends however it ends."""
+    backends = [make_backend(spec, request.threads, request.timeout) for spec in request.backends]
+    try:
+        yield [Guarded(backend) for backend in backends]
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    from bitnet_xtask import __version__
+        for backend in backends:
+            backend.close()
+
+
+def _scratch() -> tempfile.TemporaryDirectory[str]:
+    """Where the engines' inputs and outputs go; made only once the backends are open."""
+    return tempfile.TemporaryDirectory(prefix="xtask-crossval-", ignore_cleanup_errors=True)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> CrossvalResult:
+    """Run every model and prompt through every backend; `.to_receipt()` of the result is
+    the receipt document."""
+    reporter = reporter or NullReporter()
+    check_counts(request)
+    with _opened(request) as backends, _scratch() as tmp:
+        started = _now()
+        planned = plan_models(request)  # everything refusable, refused before any engine runs
+        if problem := tokenizer_problem(request, backends[0].backend):
+            raise UsageError(problem, TOKENIZER_HINT)
+        models = tuple(
+            _run_model(_Context(model, backends, request, reporter), Path(tmp) / f"m{index}")
+            for index, model in enumerate(planned)
+        )
+        identities = tuple((b.spec, b.backend.identity()) for b in backends)
     from bitnet_xtask.gpu.detect import detect_runtime
 
-    failures = [
-        {**failure, "message": f"{Path(m['path']).name} / {c['candidate']}: {failure['message']}"}
-        for m in models
-        for r in m["runs"]
-        for c in r["comparisons"]
-        for failure in c["verdict"]["failures"]
-    ] + [
-        {"metric": "backend_error", "value": None, "bound": "max", "threshold": 0.0,
-         "position": None, "excess": None, "message": f"{Path(m['path']).name}: {m['error']}"}
-        for m in models
-        if m["error"] is not None
-    ]  # fmt: skip
-    return {
-        "kind": RECEIPT_KIND,
-        "version": RECEIPT_VERSION,
-        "tool": {"name": "bitnet-xtask", "version": __version__},
-        "started_at": started,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": detect_runtime().to_dict(),
-        "settings": {
-            "n_predict": request.n_predict,
-            "top_k": request.top_k,
-            "profile": request.profile,
-            "prompts": list(request.prompts) if request.token_ids is None else [],
-            "token_ids": None if request.token_ids is None else list(request.token_ids),
-        },
-        "backends": [{"spec": b.spec, "identity": b.identity()} for b in backends],
-        "models": models,
-        "verdict": {"passed": not failures, "failures": failures},
-    }
+    host = detect_runtime().to_dict()
+    return CrossvalResult(started, _now(), host, request.settings(), identities, models)

@@ -12,27 +12,21 @@ from typing import TYPE_CHECKING, Any
 from .defaults import DEFAULT_FILE, DEFAULT_REPO
 
 if TYPE_CHECKING:
-    from .api import (
-        DownloadOptions,
-        DownloadPlan,
-        DownloadResult,
-        FileSpec,
-        download_files,
-        download_model,
-        download_url,
-        plan_download,
-    )
+    from .api import download_files, download_model, download_url
     from .manifest import read_manifest
+    from .options import DownloadOptions, FileSpec
+    from .plan import plan_download
+    from .results import DownloadPlan, DownloadResult
 
 _LAZY = {
-    "DownloadOptions": "api",
-    "DownloadPlan": "api",
-    "DownloadResult": "api",
-    "FileSpec": "api",
+    "DownloadOptions": "options",
+    "DownloadPlan": "results",
+    "DownloadResult": "results",
+    "FileSpec": "options",
     "download_files": "api",
     "download_model": "api",
     "download_url": "api",
-    "plan_download": "api",
+    "plan_download": "plan",
     "read_manifest": "manifest",
 }
 

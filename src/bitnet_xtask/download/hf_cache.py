@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bitnet_xtask.inputs import read_text
 
-from .hub import as_sha256
+from .headers import as_sha256
 
 #: A token is about 40 characters: anything much larger is not one.
 SMALL_FILE_LIMIT = 64 << 10
@@ -70,7 +70,7 @@ def hub_cache_dir() -> Path:
 
 
 def find_blob(
-    repo_id: str, revision: str, path_in_repo: str, sha256: str | None, cache: Path | None = None
+    repo_id: str, revision: str, path_in_repo: str, sha256: str | None
 ) -> tuple[Path, str] | None:
     """A cached blob for this file and the sha256 it must have, or None.
 
@@ -78,7 +78,7 @@ def find_blob(
     `revision` (a commit, or a branch through refs/) points at it, and its name gives the
     hash to check, when the name is a sha256.
     """
-    repo = (cache or hub_cache_dir()) / f"models--{repo_id.replace('/', '--')}"
+    repo = hub_cache_dir() / f"models--{repo_id.replace('/', '--')}"
     if sha256:
         blob = repo / "blobs" / sha256
         return (blob, sha256) if blob.is_file() else None

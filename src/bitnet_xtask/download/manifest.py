@@ -18,7 +18,7 @@ from typing import Any
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.inputs import parse_json, read_text
 
-from .api import FileSpec
+from .options import FileSpec
 
 JSON_HINT = 'expected a list like [{"file": "model.gguf", "sha256": "<64 hex digits>"}]'
 _KEYS = frozenset({"file", "sha256"})

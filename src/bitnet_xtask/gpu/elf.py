@@ -10,7 +10,6 @@ libraries it loads) and the ggml backends compiled in, so preflight can say so f
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from bitnet_xtask.errors import UsageError
+from bitnet_xtask import fs
+from bitnet_xtask.errors import UsageError, XtaskError
 
 FATBIN_MAGIC = 0xBA55ED50
 _FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, payload size
@@ -132,28 +132,22 @@ def _library_stem(name: str) -> str:
     return name.split(".so", 1)[0]
 
 
-def open_regular(path: Path) -> IO[bytes]:
-    """`path` opened for reading if it is a regular file (after links), else a clear
-    `UsageError`. O_NONBLOCK makes opening a FIFO return at once instead of waiting for a
-    writer forever; fstat on the open descriptor checks what is actually read."""
+def open_binary(path: Path) -> IO[bytes]:
+    """`path` opened for reading if it is a regular file (after links: `fs.open_regular`),
+    else a `UsageError` in a binary's words."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        fd = fs.open_regular(path, follow_links=True)
     except FileNotFoundError:
         raise UsageError(f"no such file: {path}") from None
-    except OSError as exc:
+    except fs.NotRegularFileError as exc:
         raise UsageError(
-            f"cannot read {path}: {exc.strerror}", "check its permissions, or leave it out"
-        ) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        from bitnet_xtask.download.store import file_kind
-
-        what = "a directory" if stat.S_ISDIR(mode) else file_kind(mode)
-        raise UsageError(
-            f"{path} is {what}, not a binary",
+            f"{path} is {exc.kind}, not a binary",
             "point --binary at a built executable, shared library or build directory",
-        )
+        ) from None
+    except XtaskError as exc:
+        raise UsageError(
+            f"cannot read {path}: {fs.os_reason(exc)}", "check its permissions, or leave it out"
+        ) from None
     return os.fdopen(fd, "rb")
 
 
@@ -193,7 +187,7 @@ def read_binary(path: Path) -> BinaryFacts:
     """Read the facts of one ELF file; a clear `UsageError` for anything else (not a
     regular file, unreadable, not ELF, or an ELF whose tables point outside the file)."""
     try:
-        with open_regular(path) as handle:
+        with open_binary(path) as handle:
             elf = ELFFile(handle)
             check_layout(elf, os.fstat(handle.fileno()).st_size)
             needed: list[str] = []

@@ -11,10 +11,11 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from bitnet_xtask import fs
 from bitnet_xtask.cache import built_bin_dirs
-from bitnet_xtask.errors import UsageError
+from bitnet_xtask.errors import UsageError, XtaskError
 from bitnet_xtask.gpu.detect import DEFAULT_PROBE_TIMEOUT, RuntimeReport, detect_runtime
 from bitnet_xtask.gpu.elf import BinaryFacts, read_binary
 from bitnet_xtask.gpu.fit import Finding, assess
@@ -54,11 +55,18 @@ class PreflightReport:
 
 
 def _head(path: Path) -> bytes:
-    """The first four bytes of a regular file (empty for anything else); OSError if it
-    cannot be opened or read. O_NONBLOCK and fstat: a FIFO never blocks the scan."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    """The first four bytes of a regular file (empty for anything else: it may have been
+    swapped for a FIFO since the listing, and `fs.open_regular` never blocks on one);
+    the OSError if it cannot be opened or read, for the caller's words."""
     try:
-        return os.read(fd, 4) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        fd = fs.open_regular(path, follow_links=True)
+    except fs.NotRegularFileError:
+        return b""
+    except XtaskError as exc:
+        cause = exc.__cause__
+        raise cause if isinstance(cause, OSError) else OSError(exc.message) from None
+    try:
+        return os.read(fd, 4)
     finally:
         os.close(fd)
 
@@ -82,36 +90,47 @@ def scan_directory(directory: Path) -> list[Path]:
     found: list[Path] = []
     pending = [directory]
     while pending:
-        folder = pending.pop()
-        try:
-            with os.scandir(folder) as listing:
-                entries = sorted(listing, key=lambda e: e.name)
-        except OSError as exc:
-            raise _unreadable(folder, exc) from None
-        for entry in entries:
-            path = Path(entry.path)
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append(path)
-                    continue
-                info = path.stat()
-            except FileNotFoundError:
-                continue  # a dangling link, or gone since the listing
-            except OSError as exc:
-                if entry.is_symlink():
-                    continue  # a link loop or a link into an unreadable place: not ours
-                raise _unreadable(path, exc) from None
-            if not stat.S_ISREG(info.st_mode):
-                continue
-            try:
-                head = _head(path)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise _unreadable(path, exc) from None
-            if head == _ELF_MAGIC:
-                found.append(path)
+        for entry in _listing(pending.pop()):
+            kind = _kind(entry)
+            if kind == "folder":
+                pending.append(Path(entry.path))
+            elif kind == "file" and _is_elf(Path(entry.path)):
+                found.append(Path(entry.path))
     return sorted(found)
+
+
+def _listing(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as listing:
+            return sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        raise _unreadable(folder, exc) from None
+
+
+def _kind(entry: os.DirEntry[str]) -> Literal["folder", "file"] | None:
+    """A folder to descend into (never through a link), a regular file (or a link to
+    one), or None for anything else: FIFOs, devices, sockets, dangling links, entries gone
+    since the listing, and links that loop or lead somewhere unreadable (not ours)."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return "folder"
+        info = Path(entry.path).stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if entry.is_symlink():
+            return None
+        raise _unreadable(Path(entry.path), exc) from None
+    return "file" if stat.S_ISREG(info.st_mode) else None
+
+
+def _is_elf(path: Path) -> bool:
+    try:
+        return _head(path) == _ELF_MAGIC
+    except FileNotFoundError:  # gone since the listing
+        return False
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
 
 
 def expand_binaries(paths: Sequence[Path]) -> list[Path]:

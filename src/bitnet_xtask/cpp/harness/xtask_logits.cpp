@@ -12,6 +12,8 @@
 //   tokens.json        {"tokens": [...], "n_vocab": V, "n_tokens": N}
 //   logits.f32         N x V float32, row-major, little-endian, no header
 //   continuation.json  {"tokens": [...], "text": "..."}
+// With --tokenize-only, tokens.json alone: the model is loaded with its vocabulary only
+// (llama_model_params.vocab_only), so tokenizing costs no weights and no evaluation.
 // stdout: one JSON summary line. Exit codes: 0 ok, 1 failure, 2 bad arguments.
 
 #include "llama.h"
@@ -123,7 +125,7 @@ struct UsageError : std::runtime_error {
 constexpr const char * kUsage =
     "usage: xtask-logits --model M.gguf (--prompt TEXT | --tokens 1,2,3 | --tokens-file F)\n"
     "                    --out DIR [--n-predict N] [--threads T] [--n-gpu-layers L]\n"
-    "                    [--no-bos] [--verbose]\n"
+    "                    [--no-bos] [--tokenize-only] [--verbose]\n"
     "\n"
     "Evaluates all positions in one batch and writes DIR/tokens.json, DIR/logits.f32\n"
     "(N x n_vocab float32, row-major, little-endian) and DIR/continuation.json (a greedy\n"
@@ -134,6 +136,8 @@ constexpr const char * kUsage =
     "  --tokens-file F     the same from a file: a list, or JSON with a \"tokens\" array\n"
     "                      (so DIR/tokens.json of another run can be fed back)\n"
     "  --no-bos            never prepend BOS to --prompt\n"
+    "  --tokenize-only     load the vocabulary alone and write DIR/tokens.json only: no\n"
+    "                      weights, no context, no evaluation\n"
     "  --threads T         CPU threads (default: all cores)\n"
     "  --n-gpu-layers L    layers to offload (default 0: CPU only)\n"
     "  --verbose           pass all llama.cpp log output to stderr (default: errors only)\n"
@@ -149,6 +153,7 @@ struct Options {
     int threads = 0;
     int n_gpu_layers = 0;
     bool no_bos = false;
+    bool tokenize_only = false;
     bool verbose = false;
 };
 
@@ -208,6 +213,9 @@ Options parse_args(int argc, char ** argv) {
         } else if (arg == "--no-bos") {
             flag_only();
             o.no_bos = true;
+        } else if (arg == "--tokenize-only") {
+            flag_only();
+            o.tokenize_only = true;
         } else if (arg == "--verbose") {
             flag_only();
             o.verbose = true;
@@ -462,30 +470,12 @@ std::string fixed(double v) {
 
 // ---------------------------------------------------------------------------------------
 
-int run(int argc, char ** argv) {
-    const Options opt = parse_args(argc, argv);
-
-    // Read the inputs before the slow model load, so bad input fails fast.
-    std::vector<llama_token> tokens;
-    if (opt.source == Source::tokens) tokens = parse_token_list(opt.input, "--tokens");
-    if (opt.source == Source::tokens_file) tokens = read_tokens_file(opt.input);
-    if (!fs::is_regular_file(opt.model)) throw std::runtime_error("model file not found: " + opt.model);
-
-    LogFilter log_filter;
-    log_filter.verbose = opt.verbose;
-    llama_log_set(log_callback, &log_filter);
-    BackendGuard backend;
-
-    auto t0 = std::chrono::steady_clock::now();
-    llama_model_params mparams = llama_model_default_params();
-    mparams.n_gpu_layers = opt.n_gpu_layers;  // explicit: newer defaults offload everything
-    std::unique_ptr<llama_model, ModelDeleter> model(api::load_model(opt.model.c_str(), mparams));
-    if (!model) throw std::runtime_error("cannot load model " + opt.model + " (rerun with --verbose)");
-    const double load_ms = ms_since(t0);
-
-    const api::vocab_t vocab = api::vocab_of(model.get());
+// The ids to evaluate: --tokens / --tokens-file verbatim, or --prompt tokenized (BOS
+// prepended when the model asks for it), each checked against the vocabulary.
+std::vector<llama_token> input_tokens(const Options & opt, std::vector<llama_token> tokens, api::vocab_t vocab,
+                                      bool & bos_added) {
     const int32_t n_vocab = api::n_vocab(vocab);
-    bool bos_added = false;
+    bos_added = false;
     if (opt.source == Source::prompt) {
         tokens = api::tokenize(vocab, opt.input);
         const llama_token bos = api::bos(vocab);
@@ -501,37 +491,29 @@ int run(int argc, char ** argv) {
                                      std::to_string(n_vocab) + ")");
         }
     }
-    const auto n_tokens = static_cast<int32_t>(tokens.size());
+    return tokens;
+}
 
-    llama_context_params cparams = llama_context_default_params();
-    cparams.n_ctx = static_cast<uint32_t>(n_tokens + opt.n_predict);
-    cparams.n_batch = static_cast<uint32_t>(n_tokens);   // the prompt is one llama_decode call ...
-    cparams.n_ubatch = static_cast<uint32_t>(n_tokens);  // ... and one compute graph
-    cparams.n_seq_max = 1;
-    cparams.n_threads = opt.threads;
-    cparams.n_threads_batch = opt.threads;
-#if XTASK_HAVE_OP_OFFLOAD
-    if (opt.n_gpu_layers == 0) cparams.op_offload = false;  // CPU only means CPU only
-#endif
-    std::unique_ptr<llama_context, ContextDeleter> ctx(api::new_context(model.get(), cparams));
-    if (!ctx) throw std::runtime_error("cannot create a llama context (rerun with --verbose)");
-
-    // 1. Every position in one batch; logits for all of them.
-    t0 = std::chrono::steady_clock::now();
-    Batch batch(n_tokens);
-    decode(ctx.get(), batch.fill(tokens.data(), n_tokens, 0, true), "prompt");
-
+fs::path output_dir(const std::string & out) {
     std::error_code ec;
-    fs::create_directories(opt.out, ec);
-    if (ec) throw std::runtime_error("cannot create " + opt.out + ": " + ec.message());
-    const fs::path out_dir(opt.out);
+    fs::create_directories(out, ec);
+    if (ec) throw std::runtime_error("cannot create " + out + ": " + ec.message());
+    return fs::path(out);
+}
 
-    AtomicFile logits_file(out_dir / "logits.f32");
+std::string tokens_json(const std::vector<llama_token> & tokens, int32_t n_vocab) {
+    return "{\"tokens\": " + json_ints(tokens) + ", \"n_vocab\": " + std::to_string(n_vocab) +
+           ", \"n_tokens\": " + std::to_string(tokens.size()) + "}\n";
+}
+
+// Writes the logits of every position (row i after token i) and returns the argmax of the last row.
+llama_token write_logits(llama_context * ctx, const fs::path & path, int32_t n_tokens, int32_t n_vocab) {
+    AtomicFile logits_file(path);
     const bool swap = !host_is_little_endian();
     std::vector<float> be_row(swap ? static_cast<size_t>(n_vocab) : 0);
     llama_token next = 0;
     for (int32_t i = 0; i < n_tokens; ++i) {
-        const float * row = logits_row(ctx.get(), i);
+        const float * row = logits_row(ctx, i);
         if (i == n_tokens - 1) next = argmax(row, n_vocab);
         if (swap) {
             for (int32_t j = 0; j < n_vocab; ++j) {
@@ -544,7 +526,55 @@ int run(int argc, char ** argv) {
         }
         logits_file.write(row, sizeof(float) * static_cast<size_t>(n_vocab));
     }
-    const double eval_ms = ms_since(t0);
+    logits_file.commit();
+    return next;
+}
+
+struct Timings {
+    double load_ms = 0, eval_ms = 0, gen_ms = 0;
+};
+
+// --tokenize-only: the model was loaded with its vocabulary alone (no weights, no
+// context), so crossval's tokenization parity check costs no evaluation.
+int tokenize_only(const Options & opt, const std::vector<llama_token> & tokens, int32_t n_vocab, bool bos_added,
+                  double load_ms) {
+    AtomicFile tokens_file(output_dir(opt.out) / "tokens.json");
+    tokens_file.write(tokens_json(tokens, n_vocab));
+    tokens_file.commit();
+    std::printf(
+        "{\"ok\": true, \"tokenize_only\": true, \"model\": %s, \"out\": %s, \"n_tokens\": %d, \"n_vocab\": %d, "
+        "\"bos_added\": %s, \"llama_api\": \"%s\", \"load_ms\": %s}\n",
+        json_string(opt.model).c_str(), json_string(opt.out).c_str(), static_cast<int>(tokens.size()), n_vocab,
+        bos_added ? "true" : "false", api::generation, fixed(load_ms).c_str());
+    return std::fflush(stdout) == 0 ? 0 : 1;
+}
+
+int evaluate(const Options & opt, llama_model * model, const std::vector<llama_token> & tokens, bool bos_added,
+             Timings t) {
+    const api::vocab_t vocab = api::vocab_of(model);
+    const int32_t n_vocab = api::n_vocab(vocab);
+    const auto n_tokens = static_cast<int32_t>(tokens.size());
+
+    llama_context_params cparams = llama_context_default_params();
+    cparams.n_ctx = static_cast<uint32_t>(n_tokens + opt.n_predict);
+    cparams.n_batch = static_cast<uint32_t>(n_tokens);   // the prompt is one llama_decode call ...
+    cparams.n_ubatch = static_cast<uint32_t>(n_tokens);  // ... and one compute graph
+    cparams.n_seq_max = 1;
+    cparams.n_threads = opt.threads;
+    cparams.n_threads_batch = opt.threads;
+#if XTASK_HAVE_OP_OFFLOAD
+    if (opt.n_gpu_layers == 0) cparams.op_offload = false;  // CPU only means CPU only
+#endif
+    std::unique_ptr<llama_context, ContextDeleter> ctx(api::new_context(model, cparams));
+    if (!ctx) throw std::runtime_error("cannot create a llama context (rerun with --verbose)");
+
+    // 1. Every position in one batch; logits for all of them.
+    auto t0 = std::chrono::steady_clock::now();
+    Batch batch(n_tokens);
+    decode(ctx.get(), batch.fill(tokens.data(), n_tokens, 0, true), "prompt");
+    const fs::path out_dir = output_dir(opt.out);
+    llama_token next = write_logits(ctx.get(), out_dir / "logits.f32", n_tokens, n_vocab);
+    t.eval_ms = ms_since(t0);
 
     // 2. Greedy continuation: each argmax is fed back as a one-token batch.
     t0 = std::chrono::steady_clock::now();
@@ -557,14 +587,12 @@ int run(int argc, char ** argv) {
         decode(ctx.get(), batch.fill(&next, 1, n_tokens + k, true), "continuation");
         next = argmax(logits_row(ctx.get(), 0), n_vocab);
     }
-    const double gen_ms = ms_since(t0);
+    t.gen_ms = ms_since(t0);
 
     AtomicFile tokens_file(out_dir / "tokens.json");
-    tokens_file.write("{\"tokens\": " + json_ints(tokens) + ", \"n_vocab\": " + std::to_string(n_vocab) +
-                      ", \"n_tokens\": " + std::to_string(n_tokens) + "}\n");
+    tokens_file.write(tokens_json(tokens, n_vocab));
     AtomicFile cont_file(out_dir / "continuation.json");
     cont_file.write("{\"tokens\": " + json_ints(continuation) + ", \"text\": " + json_string(text) + "}\n");
-    logits_file.commit();
     tokens_file.commit();
     cont_file.commit();
 
@@ -574,9 +602,39 @@ int run(int argc, char ** argv) {
         "\"llama_api\": \"%s\", \"load_ms\": %s, \"eval_ms\": %s, \"gen_ms\": %s}\n",
         json_string(opt.model).c_str(), json_string(opt.out).c_str(), n_tokens, n_vocab,
         bos_added ? "true" : "false", opt.n_predict, json_ints(continuation).c_str(), opt.threads,
-        opt.n_gpu_layers, api::generation, fixed(load_ms).c_str(), fixed(eval_ms).c_str(),
-        fixed(gen_ms).c_str());
+        opt.n_gpu_layers, api::generation, fixed(t.load_ms).c_str(), fixed(t.eval_ms).c_str(),
+        fixed(t.gen_ms).c_str());
     return std::fflush(stdout) == 0 ? 0 : 1;
+}
+
+int run(int argc, char ** argv) {
+    const Options opt = parse_args(argc, argv);
+
+    // Read the inputs before the slow model load, so bad input fails fast.
+    std::vector<llama_token> given;
+    if (opt.source == Source::tokens) given = parse_token_list(opt.input, "--tokens");
+    if (opt.source == Source::tokens_file) given = read_tokens_file(opt.input);
+    if (!fs::is_regular_file(opt.model)) throw std::runtime_error("model file not found: " + opt.model);
+
+    LogFilter log_filter;
+    log_filter.verbose = opt.verbose;
+    llama_log_set(log_callback, &log_filter);
+    BackendGuard backend;
+
+    Timings t;
+    const auto t0 = std::chrono::steady_clock::now();
+    llama_model_params mparams = llama_model_default_params();
+    mparams.n_gpu_layers = opt.n_gpu_layers;  // explicit: newer defaults offload everything
+    mparams.vocab_only = opt.tokenize_only;
+    std::unique_ptr<llama_model, ModelDeleter> model(api::load_model(opt.model.c_str(), mparams));
+    if (!model) throw std::runtime_error("cannot load model " + opt.model + " (rerun with --verbose)");
+    t.load_ms = ms_since(t0);
+
+    const api::vocab_t vocab = api::vocab_of(model.get());
+    bool bos_added = false;
+    const std::vector<llama_token> tokens = input_tokens(opt, std::move(given), vocab, bos_added);
+    if (opt.tokenize_only) return tokenize_only(opt, tokens, api::n_vocab(vocab), bos_added, t.load_ms);
+    return evaluate(opt, model.get(), tokens, bos_added, t);
 }
 
 }  // namespace

@@ -17,7 +17,7 @@ keeps "the first N requests fail" scenarios deterministic.
 
 Usable in-process (``with HFTestServer(root) as srv: ...``) or as a subprocess::
 
-    python tests/servers/hf_server.py --root DIR [--port N]
+    python testing/servers/hf_server.py --root DIR [--port N]
 
 which prints one JSON line ``{"hub": "http://127.0.0.1:P1", "cdn": "http://127.0.0.1:P2"}`` once
 ready and serves until SIGTERM/SIGINT.  Only the standard library is used (here and in the sibling
@@ -47,7 +47,7 @@ import threading
 import time
 import traceback
 import urllib.parse
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -56,7 +56,7 @@ from typing import BinaryIO, Literal, TypeAlias
 
 if __package__:
     from .process import ServerContext
-else:  # run as a script (see above): no parent package, but tests/servers is on sys.path
+else:  # run as a script (see above): no parent package, but testing/servers is on sys.path
     from process import ServerContext  # type: ignore[import-not-found, no-redef]
 
 __all__ = ["COMMIT", "Faults", "HFTestServer", "RecordedRequest", "main"]
@@ -73,6 +73,9 @@ _RATE_SLICE = 16 * 1024
 _HASH_CHUNK = 1024 * 1024
 
 _SHA256_PATH_RE = re.compile(r"/cdn/([0-9a-f]{64})")
+_RESOLVE_PATH_RE = re.compile(
+    r"/(?P<org>[^/]*)/(?P<name>[^/]*)/resolve/(?P<rev>[^/]*)/(?P<file>.*)"
+)
 _ETAG_RE = re.compile(r'(?:W/)?"[^"]*"')
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 # Errors that simply mean "the peer went away"; a test server must not be noisy about them.
@@ -275,28 +278,100 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | _Unsatisfiable | N
     ``b < a``), because RFC 9110 lets a server ignore such a header and answer ``200``.
     """
     match = _RANGE_RE.fullmatch(header.strip().replace(" ", ""))
-    if match is None:
+    if match is None or not any(match.groups()):
         return None
     first, last = match.group(1), match.group(2)
-    if not first and not last:
-        return None
     if not first:
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            return _UNSATISFIABLE
-        return (max(0, size - suffix), size - 1)
+        return _suffix_range(int(last), size)
     start = int(first)
     if last and int(last) < start:
         return None
     if start >= size:
         return _UNSATISFIABLE
-    end = min(int(last), size - 1) if last else size - 1
-    return (start, end)
+    return (start, min(int(last), size - 1) if last else size - 1)
+
+
+def _suffix_range(suffix: int, size: int) -> tuple[int, int] | _Unsatisfiable:
+    """``bytes=-N``: the last N bytes (all of them when N exceeds the size)."""
+    if suffix == 0 or size == 0:
+        return _UNSATISFIABLE
+    return (max(0, size - suffix), size - 1)
+
+
+def _override(
+    headers: list[tuple[str, str]],
+    replacements: dict[str, str],
+    *,
+    untouched: frozenset[str] = frozenset(),
+) -> list[tuple[str, str]]:
+    """``headers`` with every header ``replacements`` names replaced (or added) verbatim,
+    except those named (lower case) in ``untouched``, which are only dropped."""
+    replaced = {name.lower() for name in replacements}
+    kept = [h for h in headers if h[0].lower() not in replaced]
+    return kept + [(n, v) for n, v in replacements.items() if n.lower() not in untouched]
+
+
+def _stat_regular(path: Path) -> os.stat_result | None:
+    """The stat of a regular file (links followed), or None for anything else or nothing."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
 
 
 def _valid_segment(segment: str) -> bool:
     """Reject traversal and separator tricks so a URL can never escape the root directory."""
     return segment not in ("", ".", "..") and not any(c in segment for c in "/\\\0")
+
+
+def _faulty_range(
+    spec: tuple[int, int] | _Unsatisfiable | None, faults: Faults
+) -> tuple[int, int] | _Unsatisfiable | None:
+    """The requested range after the range faults: ignored (``ignore_range``), or refused
+    once (``range_not_satisfiable_once``, consumed)."""
+    if spec is None or faults.ignore_range:
+        return None
+    if faults.range_not_satisfiable_once:
+        faults.range_not_satisfiable_once = False
+        return _UNSATISFIABLE
+    return spec
+
+
+def _window(
+    spec: tuple[int, int] | None, size: int, faults: Faults
+) -> tuple[int, int, int, str | None]:
+    """Status, first byte, length and ``Content-Range`` of a body, with the (consumed)
+    Content-Range faults applied: a window shifted by one byte, or no header."""
+    if spec is None:
+        return 200, 0, size, None
+    first, last = spec
+    if faults.wrong_content_range or faults.mangle_ranges == "misaligned":
+        faults.wrong_content_range = False
+        if first + 1 >= size:  # nothing after the last byte: lie in the header instead
+            return 206, first, last - first + 1, f"bytes {first + 1}-{last + 1}/{size}"
+        start = first + 1
+        length = min(last + 1, size - 1) - start + 1
+        return 206, start, length, f"bytes {start}-{start + length - 1}/{size}"
+    if faults.missing_content_range or faults.mangle_ranges == "no-content-range":
+        faults.missing_content_range = False
+        return 206, first, last - first + 1, None
+    return 206, first, last - first + 1, f"bytes {first}-{last}/{size}"
+
+
+def _cut(faults: Faults, start: int, end: int) -> tuple[int | None, float]:
+    """Where the body stops early and how long the socket then stalls open, from the next
+    ``drop_at`` and the one-shot ``stall_at`` (each consumed)."""
+    cut_at: int | None = None
+    if faults.drop_at:
+        drop = faults.drop_at.pop(0)
+        if drop < end:
+            cut_at = max(drop, start)
+    stall = faults.stall_at
+    if stall is not None and start <= stall < (end if cut_at is None else cut_at):
+        faults.stall_at = None
+        return stall, faults.stall_seconds
+    return cut_at, 0.0
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -387,10 +462,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self._discard_request_body()
         try:
-            if self._srv.role == "hub":
-                self._handle_hub()
-            else:
-                self._handle_cdn()
+            self._route()
         except _DISCONNECTS:
             self.close_connection = True
         finally:
@@ -459,90 +531,97 @@ class _Handler(BaseHTTPRequestHandler):
             reason=self._hf.faults_snapshot(key).reason,
         )
 
+    # -- routes -------------------------------------------------------------------------------
+
+    def _routes(self) -> list[tuple[re.Pattern[str], Callable[[re.Match[str]], None]]]:
+        """This server's routes, in order: the CDN's content by sha256 (on the hub too, since
+        relative redirects resolve against it) and the hub's resolve endpoint."""
+        cdn = (_SHA256_PATH_RE, self._handle_cdn)
+        return [cdn] if self._srv.role == "cdn" else [cdn, (_RESOLVE_PATH_RE, self._handle_resolve)]
+
+    def _route(self) -> None:
+        path = urllib.parse.urlsplit(self.path).path
+        for pattern, handler in self._routes():
+            if match := pattern.fullmatch(path):
+                handler(match)
+                return
+        self._send_error_json(404, "Not Found")
+
     # -- hub ----------------------------------------------------------------------------------
 
-    def _handle_hub(self) -> None:
-        split = urllib.parse.urlsplit(self.path)
-        if split.path.startswith("/cdn/"):
-            # Relative redirects resolve against the hub, so the hub must serve CDN paths too.
-            self._handle_cdn()
-            return
-        parts = split.path.split("/")
-        if len(parts) < 6 or parts[0] != "" or parts[3] != "resolve":
-            self._send_error_json(404, "Not Found")
-            return
-        org, name, rev = (urllib.parse.unquote(p) for p in (parts[1], parts[2], parts[4]))
+    def _handle_resolve(self, match: re.Match[str]) -> None:
+        """``/{org}/{repo}/resolve/{rev}/{path}``, answered as huggingface.co does."""
+        org, name, rev = (urllib.parse.unquote(match[group]) for group in ("org", "name", "rev"))
         repo = f"{org}/{name}"
-        file_path = "/".join(urllib.parse.unquote(p) for p in parts[5:])
-        hf = self._hf
-
-        if not hf.repo_exists(repo):
-            self._send_error_json(404, "Repository not found", "RepoNotFound")
+        file_path = "/".join(urllib.parse.unquote(p) for p in match["file"].split("/"))
+        refusal = self._resolve_refusal(repo, rev, file_path)
+        if refusal is not None:
+            self._send_error_json(*refusal)
             return
+        key = (repo, file_path)
+        injected = self._hf.next_injected_status(key)
+        faults = self._hf.faults_snapshot(key)
+        if injected is not None:
+            self._send_injected(key, *injected)
+        elif faults.no_linked_headers:
+            self._serve_direct(key)
+        else:
+            self._redirect(key, faults)
+
+    def _resolve_refusal(self, repo: str, rev: str, file_path: str) -> tuple[int, str, str] | None:
+        """The hub's error (status, message, ``X-Error-Code``) for a resolve it cannot answer,
+        checked in huggingface.co's order; None when it can."""
+        hf = self._hf
+        if not hf.repo_exists(repo):
+            return 404, "Repository not found", "RepoNotFound"
         denied = hf.check_auth(repo, self.headers.get("Authorization"))
         if denied is not None:
             message = f"Access to model {repo} is restricted. You must be authenticated."
-            self._send_error_json(denied, message, "GatedRepo")
-            return
+            return denied, message, "GatedRepo"
         if rev not in ("main", COMMIT):
-            self._send_error_json(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-            return
+            return 404, f"Invalid rev id: {rev}", "RevisionNotFound"
         disk_path = hf.disk_path(repo, file_path)
         if disk_path is None or not disk_path.is_file():
+            return 404, "Entry not found", "EntryNotFound"
+        return None
+
+    def _serve_direct(self, key: _Key) -> None:
+        """A small non-LFS file: the bytes from the hub itself, with a git-blob ETag."""
+        opened = self._hf.open_current(key)
+        if opened is None:
             self._send_error_json(404, "Entry not found", "EntryNotFound")
             return
-        key = (repo, file_path)
-        injected = hf.next_injected_status(key)
-        if injected is not None:
-            self._send_injected(key, *injected)
-            return
+        direct, fh = opened
+        with fh:
+            self._serve_content(direct, fh, f'"{direct.git_sha1}"', [("X-Repo-Commit", COMMIT)])
 
-        faults = hf.faults_snapshot(key)
-        common = [("X-Repo-Commit", COMMIT)]
-        if faults.no_linked_headers:
-            opened = hf.open_current(key)
-            if opened is None:
-                self._send_error_json(404, "Entry not found", "EntryNotFound")
-                return
-            direct, fh = opened
-            with fh:
-                self._serve_content(direct, fh, f'"{direct.git_sha1}"', common)
-            return
-
+    def _redirect(self, key: _Key, faults: Faults) -> None:
+        """An LFS file: ``302`` to a signed CDN URL, with the ``X-Linked-*`` headers."""
+        hf = self._hf
         version = hf.resolve(key)
         if version is None:
             self._send_error_json(404, "Entry not found", "EntryNotFound")
             return
-        query = urllib.parse.urlencode({"sig": hf.new_signature(key), "file": file_path})
+        query = urllib.parse.urlencode({"sig": hf.new_signature(key), "file": key[1]})
         cdn_path = f"/cdn/{version.sha256}?{query}"
         if faults.redirect_to is not None:
             location = faults.redirect_to
-        elif faults.relative_redirect:
-            location = cdn_path
         else:
-            location = hf.cdn_url + cdn_path
+            location = cdn_path if faults.relative_redirect else hf.cdn_url + cdn_path
         headers = [
-            *common,
+            ("X-Repo-Commit", COMMIT),
             ("Location", location),
             ("X-Linked-Etag", f'"{version.sha256}"'),
             ("X-Linked-Size", str(version.size)),
             ("ETag", f'"{version.sha256}"'),
         ]
-        if faults.hub_headers:
-            replaced = {name.lower() for name in faults.hub_headers}
-            headers = [h for h in headers if h[0].lower() not in replaced]
-            headers += list(faults.hub_headers.items())
-        self._send_simple(302, headers)
+        self._send_simple(302, _override(headers, faults.hub_headers))
 
     # -- cdn ----------------------------------------------------------------------------------
 
-    def _handle_cdn(self) -> None:
-        split = urllib.parse.urlsplit(self.path)
-        match = _SHA256_PATH_RE.fullmatch(split.path)
-        if match is None:
-            self._send_error_json(404, "Not Found")
-            return
-        sig = urllib.parse.parse_qs(split.query).get("sig", [None])[0]
+    def _handle_cdn(self, match: re.Match[str]) -> None:
+        """``/cdn/{sha256}?sig=...``: a (possibly superseded) version's bytes."""
+        sig = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get("sig", [None])[0]
         opened = self._hf.open_by_sha(match.group(1), sig)
         if opened is None:
             self._send_error_json(404, "Not Found")
@@ -609,42 +688,53 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(plan.length))
         self.end_headers()
-
-        hf = self._hf
         end = plan.start + plan.length
-        limit = end if plan.cut_at is None else min(plan.cut_at, end)
+        if not self._send_body(plan, fh, end if plan.cut_at is None else min(plan.cut_at, end)):
+            self._abort()
+        elif plan.cut_at is not None:
+            if plan.stall_seconds > 0:
+                self._hf.wait_stopping(plan.stall_seconds)
+            self._abort()
+
+    def _send_body(self, plan: _BodyPlan, fh: BinaryIO, limit: int) -> bool:
+        """Send the file's bytes from ``plan.start`` up to ``limit``, paced to the rate limit;
+        False when the server is stopping or the file shrank under us (then abort)."""
         slice_size = _SLICE
         if plan.rate_limit is not None:
             slice_size = max(1, min(_RATE_SLICE, plan.rate_limit // 10))
         started = time.monotonic()
         pos = plan.start
         while pos < limit:
-            if hf.stopping:
-                self._abort()
-                return
+            if self._hf.stopping or not self._pace(plan, pos, started):
+                return False
             count = min(slice_size, limit - pos)
-            if plan.rate_limit is not None:
-                due = started + (pos - plan.start) / plan.rate_limit
-                delay = due - time.monotonic()
-                if delay > 0 and hf.wait_stopping(delay):
-                    self._abort()
-                    return
-            # Count before sending so the log is final by the time the client has the bytes.
-            hf.update_record(self._record, add_bytes=count)
-            try:
-                sent = self._sock.sendfile(fh, pos, count)
-            except BaseException:
-                hf.update_record(self._record, add_bytes=-count)
-                raise
-            if sent != count:  # file shrank under us: never send a short body silently
-                hf.update_record(self._record, add_bytes=sent - count)
-                self._abort()
-                return
+            if not self._send_slice(fh, pos, count):
+                return False
             pos += count
-        if plan.cut_at is not None:
-            if plan.stall_seconds > 0:
-                hf.wait_stopping(plan.stall_seconds)
-            self._abort()
+        return True
+
+    def _pace(self, plan: _BodyPlan, pos: int, started: float) -> bool:
+        """Wait until byte ``pos`` is due under the rate limit; False if stopped meanwhile."""
+        if plan.rate_limit is None:
+            return True
+        delay = started + (pos - plan.start) / plan.rate_limit - time.monotonic()
+        return delay <= 0 or not self._hf.wait_stopping(delay)
+
+    def _send_slice(self, fh: BinaryIO, pos: int, count: int) -> bool:
+        """``count`` bytes at ``pos`` by sendfile; False if fewer went (the file shrank: never
+        send a short body silently)."""
+        hf = self._hf
+        # Count before sending so the log is final by the time the client has the bytes.
+        hf.update_record(self._record, add_bytes=count)
+        try:
+            sent = self._sock.sendfile(fh, pos, count)
+        except BaseException:
+            hf.update_record(self._record, add_bytes=-count)
+            raise
+        if sent != count:
+            hf.update_record(self._record, add_bytes=sent - count)
+            return False
+        return True
 
 
 class HFTestServer(ServerContext):
@@ -897,16 +987,14 @@ class HFTestServer(ServerContext):
         return sig
 
     def resolve(self, key: _Key) -> _Version | None:
-        """Current version of a file on disk, hashing it only when it changed."""
+        """Current version of a file on disk, hashing it only when it changed (and again,
+        up to three times, when it changes while being hashed)."""
         path = self.disk_path(*key)
         if path is None:
             return None
         for _ in range(3):
-            try:
-                st = path.stat()
-            except OSError:
-                return None
-            if not stat.S_ISREG(st.st_mode):
+            st = _stat_regular(path)
+            if st is None:
                 return None
             with self._lock:
                 state = self._files.get(key)
@@ -916,11 +1004,8 @@ class HFTestServer(ServerContext):
             # Hash outside the lock: a multi-GiB file must not block every other request.
             sha256, git_sha1 = _hash_file(path, st.st_size)
             with self._lock:
-                try:
-                    again = path.stat()
-                except OSError:
-                    return None
-                if _stat_key(again) == _stat_key(st):
+                again = _stat_regular(path)
+                if again is not None and _stat_key(again) == _stat_key(st):
                     return self._register(key, path, sha256, git_sha1, again)
         return None
 
@@ -954,61 +1039,22 @@ class HFTestServer(ServerContext):
         base_headers: list[tuple[str, str]],
     ) -> _BodyPlan:
         """Decide status, window and faults of one GET, consuming one-shot faults atomically."""
-        size = version.size
         with self._lock:
             state = self._files.setdefault(version.owner, _FileState())
             faults = state.faults
-            if spec is not None and faults.ignore_range:
-                spec = None
-            if spec is not None and faults.range_not_satisfiable_once:
-                faults.range_not_satisfiable_once = False
-                spec = _UNSATISFIABLE
+            spec = _faulty_range(spec, faults)
             if isinstance(spec, _Unsatisfiable):
-                headers = [*base_headers, ("Content-Range", f"bytes */{size}")]
+                headers = [*base_headers, ("Content-Range", f"bytes */{version.size}")]
                 return _BodyPlan(status=416, headers=headers, start=0, length=0)
-
+            status, start, length, content_range = _window(spec, version.size, faults)
             headers = list(base_headers)
-            if spec is None:
-                status, start, length = 200, 0, size
-            else:
-                status = 206
-                first, last = spec
-                start, length = first, last - first + 1
-                content_range: str | None = f"bytes {first}-{last}/{size}"
-                if faults.wrong_content_range or faults.mangle_ranges == "misaligned":
-                    faults.wrong_content_range = False
-                    if first + 1 < size:
-                        start = first + 1
-                        length = min(last + 1, size - 1) - start + 1
-                        content_range = f"bytes {start}-{start + length - 1}/{size}"
-                    else:  # nothing after the last byte: lie in the header instead
-                        content_range = f"bytes {first + 1}-{last + 1}/{size}"
-                elif faults.missing_content_range or faults.mangle_ranges == "no-content-range":
-                    faults.missing_content_range = False
-                    content_range = None
-                if content_range is not None:
-                    headers.append(("Content-Range", content_range))
-
-            if faults.body_headers:
-                replaced = {name.lower() for name in faults.body_headers}
-                headers = [h for h in headers if h[0].lower() not in replaced]
-                headers += [
-                    item
-                    for item in faults.body_headers.items()
-                    if item[0].lower() != "content-length"
-                ]
+            if content_range is not None:
+                headers.append(("Content-Range", content_range))
+            headers = _override(
+                headers, faults.body_headers, untouched=frozenset({"content-length"})
+            )
             state.body_gets += 1
-            end = start + length
-            cut_at: int | None = None
-            stall_seconds = 0.0
-            if faults.drop_at:
-                drop = faults.drop_at.pop(0)
-                if drop < end:
-                    cut_at = max(drop, start)
-            stall = faults.stall_at
-            if stall is not None and start <= stall < (end if cut_at is None else cut_at):
-                faults.stall_at = None
-                cut_at, stall_seconds = stall, faults.stall_seconds
+            cut_at, stall_seconds = _cut(faults, start, start + length)
             if (
                 faults.change_after is not None
                 and not state.changed
@@ -1019,13 +1065,7 @@ class HFTestServer(ServerContext):
                 state.changed = True
                 self._replace_content(version.owner, faults.change_after)
             return _BodyPlan(
-                status=status,
-                headers=headers,
-                start=start,
-                length=length,
-                cut_at=cut_at,
-                stall_seconds=stall_seconds,
-                rate_limit=faults.rate_limit,
+                status, headers, start, length, cut_at, stall_seconds, faults.rate_limit
             )
 
     # -- private helpers (call with the lock held where noted) --------------------------------

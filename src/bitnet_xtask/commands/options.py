@@ -1,0 +1,127 @@
+"""Options that more than one command takes, declared once (as pip's `cmdoptions` does),
+so their names, types, defaults and help cannot drift apart between commands.
+
+Each is a decorator; `click.option` makes a fresh `Option` every time one is applied.
+The defaults that the core's request dataclasses also carry (`--n-predict`,
+`--backend-timeout`, the folders) are held equal to them by a test, since importing
+the core here would load NumPy for `xtask --help`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bitnet_xtask.cache import FIXTURES_DIR, MODELS_DIR
+from bitnet_xtask.commands.common import Seconds
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Where crossval and full-crossval write receipts unless --receipt says otherwise.
+RECEIPTS_DIR = Path("crossval") / "receipts"
+N_PREDICT = 8  # crossval.request.CrossvalRequest.n_predict (a test holds them equal)
+BACKEND_TIMEOUT = 600.0  # crossval.backends.DEFAULT_TIMEOUT
+
+
+def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several options as one decorator, listed in `--help` in the order given."""
+
+    def apply(function: F) -> F:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+def reference_names() -> tuple[str, ...]:
+    """The C++ references `--ref` can name: the pins in `cpp/pins.json`, nothing else."""
+    from bitnet_xtask.cpp.pins import load_pins
+
+    return tuple(load_pins())
+
+
+json_output = click.option(
+    "--json",
+    "json_lines",
+    is_flag=True,
+    help="JSON events on stdout, one per line (README: JSON events).",
+)
+threads = click.option("--threads", type=click.IntRange(1), help="Threads for cpp backends.")
+jobs = click.option(
+    "--jobs", type=click.IntRange(1, 4096), help="Parallel compile jobs (Ninja's default)."
+)
+n_predict = click.option(
+    "--n-predict",
+    type=click.IntRange(0),
+    default=N_PREDICT,
+    show_default=True,
+    help="Greedy continuation length compared between backends.",
+)
+tolerance_profile = click.option(
+    "--tolerance-profile",
+    "profile",
+    help="strict, quantized or a JSON file. Default: strict for f32/f16/bf16, else quantized.",
+)
+backend_timeout = click.option(
+    "--backend-timeout",
+    type=Seconds(allow_zero=False),
+    default=BACKEND_TIMEOUT,
+    show_default=True,
+    help="Seconds one engine call (cpp: or cmd:) may take; then it and its children are "
+    "killed and the model records the error.",
+)
+prompts = stack(
+    click.option("--prompt", "prompt", multiple=True, help="A prompt; repeatable."),
+    click.option(
+        "--prompts",
+        "prompts_file",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        help="A file with one prompt per line.",
+    ),
+)
+receipt = click.option(
+    "--receipt",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help=f"Where to write the receipt. Default: {RECEIPTS_DIR}/crossval-<time>.json",
+)
+#: What crossval and full-crossval both ask: the inputs, the thresholds, the receipt.
+comparison = stack(prompts, n_predict, tolerance_profile, threads, backend_timeout, receipt)
+
+
+def ref(*, default: str | None, help: str | None = None) -> Callable[[F], F]:
+    """`--ref`: one of the pinned C++ references."""
+    return click.option(
+        "--ref",
+        type=click.Choice(reference_names()),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def _folder(
+    default: Path, decls: tuple[str, ...], help: str | None, file_okay: bool
+) -> Callable[[F], F]:
+    return click.option(
+        *decls,
+        type=click.Path(path_type=Path, file_okay=file_okay),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+def models_folder(*decls: str, help: str | None = None, file_okay: bool = True) -> Callable[[F], F]:
+    """The models folder (download-model --out, clean-cache --models, ...)."""
+    return _folder(MODELS_DIR, decls, help, file_okay)
+
+
+def fixtures_folder(
+    *decls: str, help: str | None = None, file_okay: bool = True
+) -> Callable[[F], F]:
+    """The fixtures folder (gen-fixtures --output, full-crossval --fixtures-dir, ...)."""
+    return _folder(FIXTURES_DIR, decls, help, file_okay)

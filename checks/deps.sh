@@ -2,7 +2,10 @@
 # Install what lint and tests need from Debian when running as root: nginx and
 # tinyproxy (real peers for the download tests), nix-bin, Clang and g++ (the C++
 # reference builds), the Vulkan loader and Mesa's drivers (the WebGPU probe's tests);
-# then this package with its dev extras.
+# then this package with its dev extras and its `hf` extra (transformers and torch, the
+# crossval ground truth). torch is installed first, by version: on these machines
+# `torch==2.13.0` resolves to the CPU wheel on the local disk, while an unpinned `torch`
+# from the `hf` extra would pull a multi-GB CUDA build from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,4 +30,7 @@ if [ "${#need[@]}" -gt 0 ]; then
     echo "deps: missing ${need[*]} (not root or no apt-get): tests that need them will be skipped" >&2
   fi
 fi
-python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+TORCH_VERSION="${XTASK_TORCH_VERSION:-2.13.0}"
+python3 -c "import torch" 2>/dev/null \
+  || python3 -m pip install -q --disable-pip-version-check "torch==${TORCH_VERSION}"
+python3 -m pip install -q --disable-pip-version-check -e '.[dev,hf]'

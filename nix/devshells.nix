@@ -14,7 +14,7 @@ let
 
   default = pkgs.mkShell {
     packages = [
-      (python.withPackages (_: xtask.dependencies ++ xtask.devDependencies))
+      (python.withPackages (_: xtask.dependencies ++ xtask.devDependencies ++ xtask.hfDependencies))
       xtaskFromTree
       pkgs.ruff
       # fetch-cpp's toolchain; bitnet.cpp needs Clang: CC=clang CXX=clang++

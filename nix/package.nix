@@ -20,6 +20,17 @@ let
     python.pkgs.tqdm
     gguf
   ];
+  # pyproject.toml's `hf` extra: the crossval ground truth (the `hf:` backend, twin
+  # fixtures, the converter). Not in the app's closure; the default shell has it.
+  hfDependencies = [
+    python.pkgs.accelerate
+    python.pkgs.protobuf
+    python.pkgs.pyyaml
+    python.pkgs.safetensors
+    python.pkgs.sentencepiece
+    python.pkgs.torch
+    python.pkgs.transformers
+  ];
   devDependencies = [
     python.pkgs.mypy
     python.pkgs.pytest
@@ -68,7 +79,7 @@ python.pkgs.buildPythonApplication {
   ];
 
   # The shells and checks build their Python environments from these.
-  passthru = { inherit dependencies devDependencies; };
+  passthru = { inherit dependencies devDependencies hfDependencies; };
 
   meta = {
     inherit (project) description mainProgram;

@@ -50,31 +50,49 @@ def fixtures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+#: The reference as each engine's graph of the model: the definition for llama (the
+#: engines compute it), llama.cpp's SiLU graph for bitnet (where the definition is relu2).
+ENGINE_GRAPH = {"llama": "numpy", "bitnet": "numpy:llama.cpp-graph"}
+
+
 @pytest.mark.parametrize("size", ["tiny", "small"])
 @pytest.mark.parametrize("arch", ["llama", "bitnet"])
 @pytest.mark.parametrize("quant", LLAMA_CPP_QUANTS)
 def test_llama_cpp_matches_the_reference(
     llama_bin: Path, fixtures: Path, size: str, arch: str, quant: str
 ) -> None:
+    """The harness against the reference run as llama.cpp's graph: proves the harness,
+    the dequantization and every graph step other than the choices the graph makes."""
     model = fixtures / f"{arch}-{size}-{quant}-seed7.gguf"
-    receipt = checked(
-        run_crossval(
-            CrossvalRequest((model,), (f"cpp:{llama_bin.parent}", "numpy"), threads=2)
-        ).to_receipt()
-    )
+    backends = (f"cpp:{llama_bin.parent}", ENGINE_GRAPH[arch])
+    receipt = checked(run_crossval(CrossvalRequest((model,), backends, threads=2)).to_receipt())
     (comparison,) = receipt["models"][0]["runs"][0]["comparisons"]
     profile = "strict" if quant in ("f32", "f16") else "quantized"
     assert comparison["verdict"]["profile"] == profile
     assert receipt["verdict"]["passed"], comparison["verdict"]["failures"]
 
 
+@pytest.mark.parametrize("quant", ["f32", "tq2_0"])
+def test_llama_cpp_on_bitnet_fails_against_the_definition(
+    llama_bin: Path, fixtures: Path, quant: str
+) -> None:
+    """The same files against the model's definition (relu2): llama.cpp's SiLU fails."""
+    model = fixtures / f"bitnet-tiny-{quant}-seed7.gguf"
+    backends = ("numpy", f"cpp:{llama_bin.parent}")
+    ids = (1, 300, 301, 302, 5, 17, 42, 99)
+    request = CrossvalRequest((model,), backends, token_ids=ids, threads=2)
+    receipt = checked(run_crossval(request).to_receipt())
+    assert not receipt["verdict"]["passed"]
+    assert "kl" in {f["metric"] for f in receipt["verdict"]["failures"]}
+    numpy = receipt["backends"][0]["identity"]
+    choice = numpy["models"][str(model)]["ffn_activation"]
+    assert choice["value"] == "relu2" and "definition" in choice["from"]
+
+
 def test_bitnet_cpp_runs_i2_s_like_the_reference(bitnet_bin: Path, fixtures: Path) -> None:
     model = fixtures / "bitnet-tiny-i2_s-seed7.gguf"
-    receipt = checked(
-        run_crossval(
-            CrossvalRequest((model,), (f"cpp:{bitnet_bin.parent}", "numpy"), threads=2)
-        ).to_receipt()
-    )
+    backends = (f"cpp:{bitnet_bin.parent}", "numpy:bitnet.cpp-graph")
+    receipt = checked(run_crossval(CrossvalRequest((model,), backends, threads=2)).to_receipt())
     assert receipt["verdict"]["passed"], receipt["verdict"]["failures"]
 
 

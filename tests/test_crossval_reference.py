@@ -1,8 +1,11 @@
-"""crossval.reference: the NumPy forward pass on GGUF files written here, and against llama.cpp.
+"""crossval.reference: the NumPy forward pass on GGUF files written here, against
+transformers (the model's definition) and against llama.cpp.
 
 The comparison with llama.cpp runs the session's real build (conftest `llama_bin`) on
-hand-written models that gen-fixtures does not make (tied embeddings, other widths);
-the fixtures of every quant type are compared through crossval in test_crossval_cli.
+hand-written models that gen-fixtures does not make (tied embeddings, other widths) and
+on a bitnet fixture; the fixtures of every quant type are compared through crossval in
+test_crossval_cli. On `llama` the definition and llama.cpp's graph agree; on `bitnet`
+they differ in the FFN activation alone (engine_graphs), which these tests measure.
 """
 
 from __future__ import annotations
@@ -12,25 +15,37 @@ import math
 import subprocess
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from bitnet_xtask.crossval.metrics import PROFILES, compare_greedy, compare_logits, verdict
+from bitnet_xtask.crossval.definitions import RopeType
+from bitnet_xtask.crossval.engine_graphs import GraphName, choose_graph
+from bitnet_xtask.crossval.metrics import (
+    PROFILES,
+    LogitsComparison,
+    compare_greedy,
+    compare_logits,
+    verdict,
+)
 from bitnet_xtask.crossval.reference import (
     PROJECTIONS,
     Hparams,
-    RopeType,
+    ReferenceModel,
     causal_attention,
     load_model,
+    relu2,
     rms_norm,
     rope,
     rope_angles,
+    silu,
 )
-from bitnet_xtask.errors import XtaskError
+from bitnet_xtask.errors import UsageError, XtaskError
 from bitnet_xtask.fixtures import generate_fixture
+from bitnet_xtask.fixtures.twin_check import permute
 
 Floats = npt.NDArray[np.float32]
 TOKENS = [1, 17, 250, 3, 99, 4, 120, 64, 8, 299, 42, 42, 7, 180, 33, 5]
@@ -89,6 +104,7 @@ def write_gguf(
     tensors: dict[str, Floats],
     dims: Dims = Dims(),
     extra_keys: dict[str, float | str] | None = None,
+    rope_base: float | None = 10000.0,
 ) -> Path:
     """An f32 GGUF that llama.cpp loads: hparams plus a minimal SPM tokenizer."""
     writer = gguf.GGUFWriter(path, arch)
@@ -99,7 +115,8 @@ def write_gguf(
     writer.add_head_count(dims.n_head)
     writer.add_head_count_kv(dims.n_head_kv)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
+    if rope_base is not None:
+        writer.add_rope_freq_base(rope_base)
     for key, value in (extra_keys or {}).items():
         if isinstance(value, str):
             writer.add_string(f"{arch}.{key}", value)
@@ -228,6 +245,137 @@ def test_i2_s_reads_as_the_same_weights_as_tq2_0(tmp_path: Path) -> None:
     tq2_0 = generate_fixture("tiny", "bitnet", "tq2_0", 3, tmp_path).model
     tokens = [1, 50, 300, 7, 9]
     np.testing.assert_array_equal(load_model(i2_s).logits(tokens), load_model(tq2_0).logits(tokens))
+
+
+# --- the model's definition ------------------------------------------------------------
+
+
+def test_relu2_and_silu_are_the_definitions_activations() -> None:
+    x = np.array([-3.0, -0.5, 0.0, 0.5, 2.0])
+    np.testing.assert_array_equal(relu2(x), [0.0, 0.0, 0.0, 0.25, 4.0])
+    torch = pytest.importorskip("torch")
+    activations = pytest.importorskip("transformers.activations")
+    grid = np.linspace(-8.0, 8.0, 161)
+    for name, ours in (("relu2", relu2), ("silu", silu)):
+        theirs = activations.ACT2FN[name](torch.tensor(grid, dtype=torch.float64)).numpy()
+        np.testing.assert_allclose(ours(grid), theirs, rtol=1e-12, atol=1e-300)
+
+
+def test_choices_say_what_was_used_and_why(tmp_path: Path) -> None:
+    bitnet = write_gguf(tmp_path / "b.gguf", "bitnet", model_tensors("bitnet"))
+    used = load_model(bitnet).choices()
+    assert used["ffn_activation"]["value"] == "relu2"
+    assert used["ffn_activation"]["from"].startswith("definition of bitnet: BitNetMLP.forward")
+    assert used["ffn_activation"]["from"].endswith("; no GGUF key carries it")
+    assert (used["sub_norms"]["value"], used["rope"]["value"]) == (True, "neox")
+    assert used["head_tensor"]["value"] == "token_embd.weight"
+    assert used["rms_norm_eps"]["value"] == pytest.approx(1e-5)
+    assert used["rms_norm_eps"]["from"] == "bitnet.attention.layer_norm_rms_epsilon in the file"
+    assert used["rope_freq_base"] == {"value": 10000.0, "from": "bitnet.rope.freq_base in the file"}
+    assert used["activation_quantization"]["value"] == "none"
+    engine = load_model(bitnet, graph="llama.cpp").choices()
+    assert engine["ffn_activation"]["value"] == "silu"
+    assert engine["ffn_activation"]["from"].startswith(
+        "llama.cpp 0c1e57098 src/models/bitnet.cpp:127-132: build_ffn(..., LLM_FFN_SILU"
+    )
+    assert "not the model's definition, which computes 'relu2'" in engine["ffn_activation"]["from"]
+    assert engine["sub_norms"]["from"].endswith("(as the definition)")
+    tied = {n: w for n, w in model_tensors("llama").items() if n != "output.weight"}
+    llama = load_model(write_gguf(tmp_path / "l.gguf", "llama", tied)).choices()
+    assert llama["ffn_activation"]["value"] == "silu"
+    assert "LlamaConfig.hidden_act default 'silu'" in llama["ffn_activation"]["from"]
+    assert (llama["sub_norms"]["value"], llama["rope"]["value"]) == (False, "norm")
+    assert llama["head_tensor"]["value"] == "token_embd.weight"
+    assert "activation_quantization" not in llama
+
+
+def test_a_file_without_a_rope_base_takes_the_graphs_default(tmp_path: Path) -> None:
+    """BitNetConfig's default_theta is 500000, llama.cpp's default base 10000."""
+    path = write_gguf(tmp_path / "b.gguf", "bitnet", model_tensors("bitnet"), rope_base=None)
+    definition = load_model(path)
+    assert definition.hparams.rope_freq_base == 500000.0
+    assert definition.choices()["rope_freq_base"]["from"].startswith(
+        "the file has no bitnet.rope.freq_base: definition of bitnet: BitNetConfig.default_theta"
+    )
+    assert load_model(path, graph="llama.cpp").hparams.rope_freq_base == 10000.0
+
+
+def test_an_engine_graph_without_facts_is_refused(model_path: Path) -> None:
+    with pytest.raises(UsageError, match="no engine-graph facts for engine 'vllm'"):
+        load_model(model_path, graph="vllm")  # type: ignore[arg-type]
+
+
+HF_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_sub_norm": "self_attn.attn_sub_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_sub_norm": "mlp.ffn_sub_norm",
+}
+
+
+def hf_name(name: str) -> str:
+    """GGUF tensor name -> the transformers state-dict key it converts from."""
+    top = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+    stem = name.removesuffix(".weight")
+    if stem in top:
+        return f"{top[stem]}.weight"
+    _, layer, role = stem.split(".")
+    return f"model.layers.{layer}.{HF_NAMES[role]}.weight"
+
+
+def hf_model(arch: str, tensors: dict[str, Floats], dims: Dims) -> Any:
+    """transformers' model of `arch` holding `tensors` (GGUF names, checkpoint layout)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    kind = {"llama": transformers.LlamaConfig, "bitnet": transformers.BitNetConfig}[arch]
+    config = kind(
+        vocab_size=dims.n_vocab, hidden_size=dims.n_embd, intermediate_size=dims.n_ff,
+        num_hidden_layers=dims.n_layer, num_attention_heads=dims.n_head,
+        num_key_value_heads=dims.n_head_kv, rms_norm_eps=1e-5, rope_theta=10000.0,
+        tie_word_embeddings="output.weight" not in tensors, bos_token_id=1, eos_token_id=2,
+        attn_implementation="eager",
+    )  # fmt: skip
+    model = {"llama": transformers.LlamaForCausalLM, "bitnet": transformers.BitNetForCausalLM}
+    hf = model[arch](config).to(torch.float64).eval()
+    state = {hf_name(n): torch.tensor(w, dtype=torch.float64) for n, w in tensors.items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}
+    if config.tie_word_embeddings:
+        hf.tie_weights()
+    return hf
+
+
+@pytest.mark.parametrize(("arch", "tied"), [("llama", False), ("llama", True), ("bitnet", True)])
+def test_definition_matches_transformers(tmp_path: Path, arch: str, tied: bool) -> None:
+    """The reference on a GGUF of a checkpoint's tensors computes transformers' logits
+    (a bitnet GGUF has no output tensor: its checkpoint's head is tied)."""
+    torch = pytest.importorskip("torch")
+    dims = Dims()
+    tensors = model_tensors(arch, dims, seed=9)
+    if tied:
+        tensors.pop("output.weight", None)
+    hf = hf_model(arch, tensors, dims)
+    in_file = dict(tensors)
+    if arch == "llama":  # what LlamaModel.modify_tensors writes (conversion/llama.py:260-264)
+        for il in range(dims.n_layer):
+            q, k = f"blk.{il}.attn_q.weight", f"blk.{il}.attn_k.weight"
+            in_file[q], in_file[k] = (
+                permute(in_file[q], dims.n_head),
+                permute(in_file[k], dims.n_head_kv),
+            )
+    ours = load_model(write_gguf(tmp_path / "m.gguf", arch, in_file, dims)).logits(TOKENS)
+    with torch.no_grad():
+        theirs = hf(torch.tensor([TOKENS])).logits[0].numpy()
+    comparison = compare_logits(theirs, ours)
+    assert float(comparison.max_abs_diff.max()) < 1e-4
+    assert float(comparison.kl.max()) < 1e-8
 
 
 # --- the steps, on known answers -------------------------------------------------------
@@ -379,6 +527,10 @@ def run_harness(
 
 
 def own_model(tmp_path: Path, name: str) -> Path:
+    """A model written here (`llama`, `llama-tied`, `bitnet`), or gen-fixtures' tiny
+    bitnet f32 (`fixture-bitnet`)."""
+    if name == "fixture-bitnet":
+        return generate_fixture("tiny", "bitnet", "f32", 3, tmp_path).model
     arch, _, variant = name.partition("-")
     tensors = model_tensors(arch, seed=5)
     if variant == "tied":
@@ -386,13 +538,11 @@ def own_model(tmp_path: Path, name: str) -> Path:
     return write_gguf(tmp_path / f"{name}.gguf", arch, tensors)
 
 
-CASES = ("llama", "llama-tied", "bitnet")
-
-
-@pytest.mark.parametrize("name", CASES)
-def test_matches_llama_cpp(llama_bin: Path, tmp_path: Path, name: str) -> None:
-    path = own_model(tmp_path, name)
-    model = load_model(path)
+def against_llama_cpp(
+    llama_bin: Path, tmp_path: Path, path: Path, model: ReferenceModel
+) -> tuple[LogitsComparison, list[str]]:
+    """The reference's logits and greedy continuation against llama.cpp's on 24 tokens:
+    the comparison, and the strict profile's failures (empty: it passes)."""
     tokens = [int(t) for t in np.random.default_rng(1).integers(3, model.hparams.n_vocab, 24)]
     result = run_harness(llama_bin / "xtask-logits", path, tokens, tmp_path / "out")
     if isinstance(result, str):
@@ -401,4 +551,39 @@ def test_matches_llama_cpp(llama_bin: Path, tmp_path: Path, name: str) -> None:
     comparison = compare_logits(model.logits(tokens), cpp_logits)
     greedy = compare_greedy(model.greedy(tokens, 8), cpp_continuation)
     judged = verdict(comparison, PROFILES["strict"], greedy)
-    assert judged.passed, "\n".join(f.message() for f in judged.failures)
+    return comparison, [f.message() for f in judged.failures]
+
+
+CASES: tuple[tuple[str, GraphName], ...] = (
+    ("llama", "definition"),
+    ("llama-tied", "definition"),
+    ("bitnet", "llama.cpp"),
+    ("fixture-bitnet", "llama.cpp"),
+)
+
+
+@pytest.mark.parametrize(("name", "graph"), CASES)
+def test_matches_llama_cpp(llama_bin: Path, tmp_path: Path, name: str, graph: GraphName) -> None:
+    """llama's definition is llama.cpp's graph; for bitnet, the `llama.cpp` variant is."""
+    path = own_model(tmp_path, name)
+    _, failures = against_llama_cpp(llama_bin, tmp_path, path, load_model(path, graph=graph))
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("name", ["bitnet", "fixture-bitnet"])
+def test_bitnet_definition_differs_from_llama_cpp_in_the_activation(
+    llama_bin: Path, tmp_path: Path, name: str
+) -> None:
+    """llama.cpp computes SiLU where the definition computes relu^2: the definition fails
+    against it by far, and with SiLU in its place it is the llama.cpp variant exactly."""
+    path = own_model(tmp_path, name)
+    definition = load_model(path)
+    comparison, failures = against_llama_cpp(llama_bin, tmp_path, path, definition)
+    assert failures, "relu^2 and SiLU FFNs should not agree within the strict profile"
+    assert float(comparison.kl.max()) > 0.05
+    chosen = choose_graph("bitnet")
+    silu_graph = replace(chosen, graph=replace(chosen.graph, ffn_activation="silu"))
+    swapped = ReferenceModel(definition.gguf, definition.hparams, chosen=silu_graph)
+    tokens = TOKENS[:10]
+    engine_graph = load_model(path, graph="llama.cpp")
+    np.testing.assert_array_equal(swapped.logits(tokens), engine_graph.logits(tokens))

@@ -98,6 +98,10 @@ def test_folder_defaults_and_reference_names_come_from_one_place() -> None:
     # The core's defaults are the CLI's (options.py cannot import the core: NumPy).
     assert options.N_PREDICT == CrossvalRequest(models=()).n_predict == request.n_predict
     assert options.BACKEND_TIMEOUT == DEFAULT_TIMEOUT == request.timeout
+    from bitnet_xtask.crossval.hf_backend import DTYPES
+
+    assert options.HF_DTYPES == DTYPES
+    assert options.HF_DTYPES[0] == CrossvalRequest(models=()).hf_dtype == request.hf_dtype
     for name in ("fetch-cpp", "full-crossval"):
         choice = _option(commands[name], "--ref").type
         assert isinstance(choice, click.Choice)
@@ -259,7 +263,7 @@ def test_validation_fails_loudly_and_the_suite_turns_it_on() -> None:
         reporter.emit({"phase": "done", "path": "bin", "built": True, "cached": False})  # type: ignore[arg-type]
     with pytest.raises(EventSchemaError, match="no event"):
         ConsoleReporter(json_lines=True, stdout=out).emit(
-            {"phase": "step", "step": "model", "index": 1}
+            {"phase": "step", "step": "model", "index": 1, "of": 3}
         )
     assert out.getvalue() == ""  # nothing invalid was written
     reporter.emit({"phase": "done", "path": "bin", "built": True, "cached": False,

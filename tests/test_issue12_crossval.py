@@ -406,7 +406,7 @@ def test_the_dry_run_refuses_prompts_the_first_backend_cannot_tokenize(
     assert plan["command"] == "crossval" and plan["ready"] is False
     assert plan["problems"] == [
         "numpy: the first backend (numpy) does not tokenize (put a tokenizing backend "
-        "(cpp:...) first, or give the ids with --tokens-file)"
+        "(cpp:... or hf:...) first, or give the ids with --tokens-file)"
     ]
     assert "the first backend (numpy) does not tokenize" in ran.stderr
 

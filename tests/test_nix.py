@@ -303,6 +303,20 @@ def test_the_nix_package_has_every_runtime_dependency() -> None:
     assert listed == wanted - {"cmake", "ninja"}  # those two come from nixpkgs on PATH
 
 
+def test_the_nix_shell_has_the_hf_extra() -> None:
+    """The `hf` extra (transformers, torch: crossval's ground truth) is listed by nixpkgs
+    name as `hfDependencies`, which the default shell includes."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from 3.11")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extra = project["optional-dependencies"]["hf"]
+    wanted = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower() for d in extra}
+    text = (ROOT / "nix" / "package.nix").read_text(encoding="utf-8")
+    block = text.split("hfDependencies = [", 1)[1].split("];", 1)[0]
+    assert set(re.findall(r"python\.pkgs\.([\w-]+)", block)) == wanted
+    shells = (ROOT / "nix" / "devshells.nix").read_text(encoding="utf-8")
+    assert "xtask.hfDependencies" in shells
+
+
 def test_every_command_is_a_flake_app(nix: NixRunner) -> None:
     commands = evaluate(nix, "--expr", "(import ./nix/project.nix).commands")
     assert sorted(commands) == sorted(cli.commands), "nix/project.nix lists one app per command"

@@ -5,7 +5,10 @@ ways a real engine under development does: run another (corrupted) model, or add
 error to one logit. Usage, as a crossval backend:
 
     cmd:python3 tests/engines/numpy_engine.py {model} {tokens} {logits} {continuation} {n_predict}
-        [--model-override PATH] [--perturb POSITION:TOKEN:DELTA]
+        [--model-override PATH] [--perturb POSITION:TOKEN:DELTA] [--graph llama.cpp]
+
+`--graph llama.cpp` evaluates llama.cpp's graph of the model instead of its definition:
+on a BitNet model, SiLU where the model says squared ReLU, the deviation engines share.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bitnet_xtask.crossval.engine_graphs import GRAPH_NAMES
 from bitnet_xtask.crossval.reference import load_model
 
 
@@ -29,9 +33,10 @@ def main() -> int:
     parser.add_argument("n_predict", type=int)
     parser.add_argument("--model-override", type=Path)
     parser.add_argument("--perturb", help="POSITION:TOKEN:DELTA")
+    parser.add_argument("--graph", choices=GRAPH_NAMES, default="definition")
     args = parser.parse_args()
     tokens = json.loads(args.tokens.read_text())["tokens"]
-    model = load_model(args.model_override or args.model)
+    model = load_model(args.model_override or args.model, graph=args.graph)
     logits = np.array(model.logits(tokens), dtype=np.float32)
     if args.perturb:
         position, token, delta = args.perturb.split(":")

@@ -56,8 +56,8 @@ def read_token_ids(path: Path) -> tuple[int, ...]:
     "--backend",
     "backends",
     multiple=True,
-    help="numpy, cpp:<build> or cmd:<template>; repeatable, the first is the "
-    "reference. Default: cpp:llama.cpp and numpy.",
+    help="numpy, cpp:<build>, cmd:<template> or hf:<checkpoint dir>; repeatable. The "
+    "reference is the first hf: one, else the first. Default: cpp:llama.cpp and numpy.",
 )
 @click.option(
     "--tokens-file",
@@ -86,6 +86,7 @@ def crossval_command(
     profile: str | None,
     threads: int | None,
     backend_timeout: float,
+    hf_dtype: str,
     receipt: Path | None,
     json_lines: bool,
 ) -> None:
@@ -113,6 +114,7 @@ def crossval_command(
             top_k=top_k,
             threads=threads,
             timeout=backend_timeout,
+            hf_dtype=hf_dtype,
         )
         path = writable_receipt(receipt or default_receipt())
         if dry_run:

@@ -101,13 +101,15 @@ def finish(result: CrossvalResult, path: Path, reporter: Reporter) -> None:
             "receipt": str(path),
             "failures": len(failures),
             "models": summary_rows(receipt),
+            "findings": [finding["message"] for finding in receipt["verdict"]["findings"]],
         }
     )
     reporter.info(f"receipt: {path}")
     if not receipt["verdict"]["passed"]:
-        count = len(failures)
+        count, findings = len(failures), receipt["verdict"]["findings"]
+        first = findings[0]["message"] if findings else failures[0]["message"]
         raise CheckFailedError(
-            f"parity check failed ({count} failure{'s' * (count > 1)}); first: "
-            f"{failures[0]['message']}",
+            f"parity check failed ({count} failure{'s' * (count > 1)}); "
+            f"{'finding' if findings else 'first'}: {first}",
             f"the receipt has every metric per position: {path}",
         )

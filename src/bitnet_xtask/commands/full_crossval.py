@@ -14,6 +14,7 @@ from bitnet_xtask.commands.crossval_shared import (
     read_prompts,
     writable_receipt,
 )
+from bitnet_xtask.errors import UsageError
 from bitnet_xtask.fixtures.names import ARCHS, QUANTS
 
 
@@ -26,12 +27,29 @@ from bitnet_xtask.fixtures.names import ARCHS, QUANTS
     help="The generated model to use when no --id is given (works offline).",
 )
 @click.option("--arch", type=click.Choice(ARCHS), default="llama", show_default=True)
-@click.option("--quant", type=click.Choice(QUANTS), default="f32", show_default=True)
+@click.option(
+    "--quant",
+    type=click.Choice(QUANTS),
+    default="f32",
+    show_default=True,
+    help="The fixture's quantization; with --hf (and no --id), the converter's --outtype.",
+)
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @options.fixtures_folder("--fixtures-dir", file_okay=False)
 @click.option("--id", "repo", help="Download this Hugging Face repo's model instead of a fixture.")
 @click.option("--file", help="The file to download with --id.  [default: download-model's]")
 @options.models_folder("--out", "models_dir", file_okay=False, help="Where --id downloads go.")
+@click.option(
+    "--hf",
+    "hf_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="A Hugging Face checkpoint directory: the model's definition, the reference. "
+    "Without --id its GGUF is converted from it.",
+)
+@click.option("--hf-id", "hf_repo", help="Fetch this Hugging Face checkpoint, then as --hf.")
+@click.option(
+    "--hf-rev", "hf_revision", default="main", show_default=True, help="The --hf-id revision."
+)
 @options.ref(
     default=None, help="The C++ reference.  [default: bitnet.cpp for i2_s, else llama.cpp]"
 )
@@ -55,6 +73,9 @@ def full_crossval_command(
     repo: str | None,
     file: str | None,
     models_dir: Path,
+    hf_dir: Path | None,
+    hf_repo: str | None,
+    hf_revision: str,
     ref: str | None,
     jobs: int | None,
     backends: tuple[str, ...],
@@ -64,6 +85,7 @@ def full_crossval_command(
     profile: str | None,
     threads: int | None,
     backend_timeout: float,
+    hf_dtype: str,
     receipt: Path | None,
     json_lines: bool,
 ) -> None:
@@ -72,11 +94,15 @@ def full_crossval_command(
     with reporting(reporter):
         from bitnet_xtask.crossval.pipeline import FullCrossvalRequest, run_full_crossval
 
+        if hf_dir and hf_repo:
+            raise UsageError("give --hf or --hf-id, not both")
+
         request = FullCrossvalRequest(
             fixture=fixture, arch=arch, quant=quant, seed=seed, fixtures_dir=fixtures_dir,
             repo=repo, file=file, models_dir=models_dir, ref=ref, jobs=jobs, backends=backends,
             prompts=read_prompts(prompt, prompts_file), n_predict=n_predict, profile=profile,
-            threads=threads, timeout=backend_timeout,
+            threads=threads, timeout=backend_timeout, hf_dir=hf_dir, hf_repo=hf_repo,
+            hf_revision=hf_revision, hf_dtype=hf_dtype,
         )  # fmt: skip
         path = writable_receipt(receipt or default_receipt())
         finish(run_full_crossval(request, reporter), path, reporter)

@@ -9,6 +9,7 @@ import click
 from bitnet_xtask.commands import options
 from bitnet_xtask.commands.common import make_reporter, reporting
 from bitnet_xtask.errors import UsageError
+from bitnet_xtask.events.reporter import ConsoleReporter
 from bitnet_xtask.fixtures.names import ARCHS, QUANTS, SIZE_NAMES
 
 
@@ -36,12 +37,23 @@ from bitnet_xtask.fixtures.names import ARCHS, QUANTS, SIZE_NAMES
     "quants",
     type=click.Choice(QUANTS),
     multiple=True,
-    default=("f32",),
-    show_default=True,
-    help="Repeatable.",
+    help="Repeatable. Default: f32; with --twin, every form of the family "
+    "(llama: f32 f16; bitnet: f32 f16 tq2_0).",
 )
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @options.fixtures_folder("--output", file_okay=False, help="Where the models go.")
+@click.option(
+    "--twin",
+    is_flag=True,
+    help="Write twins instead: a Hugging Face checkpoint and its GGUFs made by the pinned "
+    "llama.cpp's converter, in OUTPUT/twins/ARCH-SIZE-seedSEED/.",
+)
+@click.option(
+    "--llama-source",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="With --twin: the llama.cpp tree whose convert_hf_to_gguf.py to run (or the "
+    "llama-cpp-python sdist that vendors it). Default: the verified source fetch-cpp cached.",
+)
 @options.json_output
 @click.pass_context
 def gen_fixtures_command(
@@ -51,11 +63,19 @@ def gen_fixtures_command(
     quants: tuple[str, ...],
     seed: int,
     output: Path,
+    twin: bool,
+    llama_source: Path | None,
     json_lines: bool,
 ) -> None:
     """Write small, deterministic, real GGUF models and a metadata JSON beside each."""  # fmt: skip
     reporter = make_reporter(ctx, json_lines)
     with reporting(reporter):
+        if twin:
+            _twins(reporter, sizes, archs, quants, seed, output, llama_source)
+            return
+        if llama_source is not None:
+            raise UsageError("--llama-source goes with --twin only")
+        quants = quants or ("f32",)
         from bitnet_xtask.fixtures import FixtureSpec
         from bitnet_xtask.fixtures.generate import generate_fixtures
 
@@ -75,4 +95,37 @@ def gen_fixtures_command(
                  "metadata": str(result.metadata), "sha256": result.sha256,
                  "size_bytes": result.size_bytes, "size": size, "arch": arch,
                  "quant": quant, "seed": seed}
+            )  # fmt: skip
+
+
+def _twins(
+    reporter: ConsoleReporter,
+    sizes: tuple[str, ...],
+    families: tuple[str, ...],
+    quants: tuple[str, ...],
+    seed: int,
+    output: Path,
+    llama_source: Path | None,
+) -> None:
+    """Every (family, size) twin, all of them checked before the first is written."""
+    from bitnet_xtask.fixtures.twin import prepare_twin, write_twin
+
+    try:
+        plans = [
+            prepare_twin(family, size, quants, seed, output, llama_source)
+            for family in dict.fromkeys(families)
+            for size in dict.fromkeys(sizes)
+        ]
+    except ValueError as exc:
+        raise UsageError(str(exc), "twins have f32 and f16 forms, bitnet also tq2_0") from None
+    for plan in plans:
+        result = write_twin(plan)
+        reporter.info(f"{result.checkpoint} (Hugging Face checkpoint, {result.manifest.name})")
+        for quant, path in result.ggufs.items():
+            facts = result.files[path.name]
+            reporter.emit(
+                {"phase": "fixture", "model": str(path),
+                 "metadata": str(result.manifest), "sha256": facts.sha256,
+                 "size_bytes": facts.size_bytes, "size": plan.spec.size,
+                 "arch": plan.spec.family, "quant": quant, "seed": plan.spec.seed}
             )  # fmt: skip

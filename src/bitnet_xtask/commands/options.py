@@ -24,6 +24,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 RECEIPTS_DIR = Path("crossval") / "receipts"
 N_PREDICT = 8  # crossval.request.CrossvalRequest.n_predict (a test holds them equal)
 BACKEND_TIMEOUT = 600.0  # crossval.backends.DEFAULT_TIMEOUT
+HF_DTYPES = ("float32", "checkpoint")  # crossval.hf_backend.DTYPES, the first the default
 
 
 def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -72,7 +73,7 @@ backend_timeout = click.option(
     default=BACKEND_TIMEOUT,
     show_default=True,
     help="Seconds one engine call (cpp: or cmd:) may take; then it and its children are "
-    "killed and the model records the error.",
+    "killed and the model records the error (hf: and numpy run in-process: no deadline).",
 )
 prompts = stack(
     click.option("--prompt", "prompt", multiple=True, help="A prompt; repeatable."),
@@ -88,8 +89,17 @@ receipt = click.option(
     type=click.Path(path_type=Path, dir_okay=False),
     help=f"Where to write the receipt. Default: {RECEIPTS_DIR}/crossval-<time>.json",
 )
+hf_dtype = click.option(
+    "--hf-dtype",
+    type=click.Choice(HF_DTYPES),
+    default=HF_DTYPES[0],
+    show_default=True,
+    help="What an hf: backend computes in: float32, or the dtype its checkpoint declares.",
+)
 #: What crossval and full-crossval both ask: the inputs, the thresholds, the receipt.
-comparison = stack(prompts, n_predict, tolerance_profile, threads, backend_timeout, receipt)
+comparison = stack(
+    prompts, n_predict, tolerance_profile, threads, backend_timeout, hf_dtype, receipt
+)
 
 
 def ref(*, default: str | None, help: str | None = None) -> Callable[[F], F]:

@@ -2,9 +2,14 @@
 
 A backend evaluates token ids on a GGUF model and hands back the logits of every
 position (as a file read a block of rows at a time, so large vocab x positions need
-no RAM) and a greedy continuation. Three kinds, named on the command line by a spec:
+no RAM) and a greedy continuation. Four kinds, named on the command line by a spec:
 
-- `numpy`: bitnet-xtask's NumPy reference forward pass (`crossval.reference`).
+- `hf:<checkpoint dir>`: the model's own definition, the Hugging Face checkpoint the
+  GGUF was converted from, run by transformers (`crossval.hf_backend`; the `hf` extra).
+  When present it is the reference (`request.reference_first`).
+- `numpy`: bitnet-xtask's NumPy reference forward pass of the model's definition
+  (`crossval.reference`); `numpy:llama.cpp-graph` and `numpy:bitnet.cpp-graph` run it as
+  that engine's graph of the model instead (`crossval.engine_graphs`), never by default.
 - `cpp:<build>`: the `xtask-logits` harness of a fetch-cpp build. `<build>` is any
   name fetch-cpp gives a build (`cpp.layout`: `<ref>[-cpu|-cuda][-native]`, the newest
   matching build in the cache; a directory's own name; plain `llama.cpp` or `bitnet.cpp`
@@ -17,8 +22,9 @@ no RAM) and a greedy continuation. Three kinds, named on the command line by a s
   writes float32 or float64 logits of shape (n_tokens, n_vocab) to `{logits}` as `.npy`
   and, when `{continuation}` appears, its greedy token ids as JSON `{"tokens": [...]}`.
 
-Backends that can tokenize (the cpp harness, in its tokenize-only mode) are also asked
-to tokenize the prompt, so crossval can check tokenization parity; every backend
+Backends that can tokenize (the cpp harness in its tokenize-only mode; hf, with the
+checkpoint's tokenizer) are asked to tokenize the prompt, so crossval can check
+tokenization parity (the GGUF's tokenizer against the checkpoint's); every backend
 evaluates the same ids. A backend may keep what it loaded between calls (the NumPy
 reference keeps the model it is running) until `close()`.
 
@@ -51,6 +57,7 @@ from bitnet_xtask.crossval.logits_file import LogitsFile
 from bitnet_xtask.errors import UsageError
 
 if TYPE_CHECKING:
+    from bitnet_xtask.crossval.engine_graphs import GraphName
     from bitnet_xtask.crossval.reference import ReferenceModel
 
 PREFIX_ENV = "XTASK_CPP_PREFIX_"  # + LLAMA_CPP / BITNET_CPP: a prefix with bin/ (Nix)
@@ -116,12 +123,17 @@ class NumpyBackend:
     tokenizes: ClassVar[bool] = False
 
     spec: str = "numpy"
+    graph: GraphName = "definition"  # or an engine's graph of the model (`engine_graphs`)
     _loaded: tuple[Path, ReferenceModel] | None = field(default=None, repr=False)
+    _choices: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     def identity(self) -> dict[str, Any]:
+        """Which graph ran, and per model what it computed and why (`choices()`: each
+        choice with its source, the model's definition or the file)."""
         from bitnet_xtask import __version__
 
-        return {"kind": "numpy", "numpy": np.__version__, "bitnet_xtask": __version__}
+        return {"kind": "numpy", "numpy": np.__version__, "bitnet_xtask": __version__,
+                "graph": self.graph, "models": dict(self._choices)}  # fmt: skip
 
     def tokenize(self, model: Path, prompt: str, workdir: Path) -> list[int] | None:
         return None
@@ -131,7 +143,8 @@ class NumpyBackend:
             from bitnet_xtask.crossval.reference import load_model
 
             self._loaded = None  # two models' weights are never held at once
-            self._loaded = (path, load_model(path))
+            self._loaded = (path, load_model(path, graph=self.graph))
+            self._choices[str(path)] = self._loaded[1].choices()
         return self._loaded[1]
 
     def close(self) -> None:
@@ -144,11 +157,11 @@ class NumpyBackend:
         continuation = reference.greedy(tokens, n_predict) if n_predict else []
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "logits.npy"
-        _save_npy(path, np.ascontiguousarray(logits, dtype=np.float32))
+        save_npy(path, np.ascontiguousarray(logits, dtype=np.float32))
         return Evaluation(LogitsFile.npy(path), continuation, time.monotonic() - started)
 
 
-def _save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
+def save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
     """`np.save`, written a row at a time through Python's file object: numpy's own fast
     path (`tofile`) reports a full disk as "N requested and M written" without an errno
     (numpy/_core/src/multiarray/convert.c), which would read as this model's failure
@@ -158,6 +171,11 @@ def _save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
         np.lib.format.write_array_header_1_0(handle, header)
         for row in array.reshape(array.shape[0], -1):
             handle.write(row.tobytes())
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A receipt's object, or {} for anything else (a receipt from another version)."""
+    return value if isinstance(value, dict) else {}
 
 
 TOKENIZE_ONLY = "--tokenize-only"
@@ -183,6 +201,27 @@ class CppBackend:
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "cpp", "directory": str(self.directory), "receipt": self.receipt}
+
+    @property
+    def engine(self) -> str:
+        """The engine as the config audit names it, `<ref>@<revision>`: the revision in
+        the build directory's name (`cpp.layout`: `local` for a --source build, so no
+        pinned facts apply to it), else the pin its receipt records (a Nix prefix), as
+        fetch-cpp names builds (`pin_revision`); a bare `<ref>` when neither says."""
+        from bitnet_xtask.cpp.layout import parse_build_name
+        from bitnet_xtask.cpp.pins import load_pins
+
+        inputs = _mapping(self.receipt.get("inputs"))
+        ref = inputs.get("ref") or self.spec.removeprefix("cpp:").split("-")[0]
+        named = parse_build_name(self.directory.name, load_pins())
+        pin = _mapping(inputs.get("pin"))
+        revision = (
+            (named.revision if named else None)
+            or _mapping(pin.get("upstream")).get("rev")
+            or (pin.get("rev") or "")[:12]
+            or None
+        )
+        return f"{ref}@{revision}" if isinstance(revision, str) else str(ref)
 
     def _harness(self, model: Path, source: list[str], out: Path, n_predict: int | None) -> Path:
         """Run the harness on `model` (`n_predict` None: tokenize only) into `out`."""
@@ -358,13 +397,42 @@ def _build_receipt(directory: Path, spec: str) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+GRAPH_SUFFIX = "-graph"
+
+
+def _engine_graph(spec: str, rest: str) -> GraphName:
+    """`numpy:<engine>-graph`: the reference run as that engine's graph of the model."""
+    from bitnet_xtask.crossval.engine_graphs import GRAPH_NAMES
+
+    engines = [g for g in GRAPH_NAMES if g != "definition"]
+    for graph in engines:
+        if rest == f"{graph}{GRAPH_SUFFIX}":
+            return graph
+    raise UsageError(
+        f"unknown backend {spec!r}",
+        "numpy runs the model's definition; numpy:<engine>-graph an engine's graph of it "
+        f"({', '.join(f'numpy:{g}{GRAPH_SUFFIX}' for g in engines)})",
+    )
+
+
 def make_backend(
-    spec: str, threads: int | None = None, timeout: float = DEFAULT_TIMEOUT
+    spec: str,
+    threads: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    *,
+    hf_dtype: str = "float32",
 ) -> Backend:
-    """Parse a backend spec from the command line; `timeout` bounds each engine call."""
+    """Parse a backend spec from the command line; `timeout` bounds each engine call,
+    `hf_dtype` is what an `hf:` backend computes in (`hf_backend.DTYPES`)."""
     kind, _, rest = spec.partition(":")
     if spec == "numpy":
         return NumpyBackend()
+    if kind == "numpy" and rest:
+        return NumpyBackend(spec, _engine_graph(spec, rest))
+    if kind == "hf" and rest:
+        from bitnet_xtask.crossval.hf_backend import open_hf_backend
+
+        return open_hf_backend(spec, Path(rest).expanduser(), threads, hf_dtype)
     if kind == "cpp" and rest:
         directory = find_build(rest)
         backend = CppBackend(spec, directory, threads, _build_receipt(directory, spec), timeout)
@@ -379,5 +447,7 @@ def make_backend(
         command_line(rest, {name: name for name in PLACEHOLDERS})  # fail now, not mid-run
         return CommandBackend(spec, rest, timeout)
     raise UsageError(
-        f"unknown backend {spec!r}", "use numpy, cpp:<build> or cmd:<command template>"
+        f"unknown backend {spec!r}",
+        "use numpy, numpy:<engine>-graph, cpp:<build>, cmd:<command template> or "
+        "hf:<checkpoint dir>",
     )

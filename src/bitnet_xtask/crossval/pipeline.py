@@ -6,6 +6,13 @@ network) or a download-model download. Step 2 builds the C++ reference with fetc
 Step 3 runs crossval. A failure names its step and what to do next; running again
 skips what is already done (the fixture is reused when its bytes match its metadata,
 the download and the build find their own caches).
+
+With a Hugging Face checkpoint (`--hf DIR`, or `--hf-id ORG/NAME` fetched by
+download-model), the model's own definition joins as the reference (`hf:<dir>`): a
+`checkpoint` step comes first, and unless a GGUF is downloaded with `--id`, a `convert`
+step after fetch-cpp makes the GGUF from the checkpoint with the pinned llama.cpp's own
+converter (reused while the checkpoint, the converter and the quant are the same). The
+crossval step then runs the triangle: hf against numpy and the built engine.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bitnet_xtask.cache import FIXTURES_DIR, MODELS_DIR
 from bitnet_xtask.crossval.backends import DEFAULT_TIMEOUT, prefix_variable
@@ -25,8 +32,10 @@ from bitnet_xtask.errors import UsageError, XtaskError
 from bitnet_xtask.events import NullReporter, Reporter
 from bitnet_xtask.fs import hash_file
 
+if TYPE_CHECKING:
+    from bitnet_xtask.hf.checkpoint import Checkpoint
+
 T = TypeVar("T")
-STEPS = ("model", "fetch-cpp", "crossval")
 
 
 @dataclass(frozen=True)
@@ -49,21 +58,47 @@ class FullCrossvalRequest:
     profile: str | None = None
     threads: int | None = None
     timeout: float = DEFAULT_TIMEOUT
+    hf_dir: Path | None = None  # --hf: a local checkpoint, the reference
+    hf_repo: str | None = None  # --hf-id: a checkpoint to fetch (into models_dir)
+    hf_revision: str = "main"  # --hf-rev
+    hf_dtype: str = "float32"
+
+    @property
+    def has_checkpoint(self) -> bool:
+        return self.hf_dir is not None or self.hf_repo is not None
+
+    def steps(self) -> tuple[str, ...]:
+        """The steps this request runs, in order."""
+        converts = self.has_checkpoint and self.repo is None
+        return (
+            *(("checkpoint",) if self.has_checkpoint else ()),
+            *(() if converts else ("model",)),
+            "fetch-cpp",
+            *(("convert",) if converts else ()),
+            "crossval",
+        )
 
 
-def _step(number: int, reporter: Reporter, action: Callable[[], T], next_action: str) -> T:
-    """Run one step; an expected failure keeps its exit code and says where it happened."""
-    name = STEPS[number - 1]
-    reporter.info(f"[{number}/{len(STEPS)}] {name}")
-    reporter.emit({"phase": "step", "step": name, "index": number})
-    try:
-        return action()
-    except XtaskError as exc:
-        hint = f"{exc.hint}; then " if exc.hint else ""
-        raise type(exc)(
-            f"full-crossval step {number}/{len(STEPS)} ({name}) failed: {exc.message}",
-            f"{hint}{next_action} (finished steps are skipped on the next run)",
-        ) from exc
+@dataclass(frozen=True)
+class _Steps:
+    """The request's steps, each run by name: its number, the event, the failure."""
+
+    names: tuple[str, ...]
+    reporter: Reporter
+
+    def run(self, name: str, action: Callable[[], T], next_action: str) -> T:
+        """Run one step; an expected failure keeps its exit code and says where it happened."""
+        number, total = self.names.index(name) + 1, len(self.names)
+        self.reporter.info(f"[{number}/{total}] {name}")
+        self.reporter.emit({"phase": "step", "step": name, "index": number, "of": total})
+        try:
+            return action()
+        except XtaskError as exc:
+            hint = f"{exc.hint}; then " if exc.hint else ""
+            raise type(exc)(
+                f"full-crossval step {number}/{total} ({name}) failed: {exc.message}",
+                f"{hint}{next_action} (finished steps are skipped on the next run)",
+            ) from exc
 
 
 def _fixture(request: FullCrossvalRequest, reporter: Reporter) -> Path:
@@ -134,28 +169,83 @@ def _build(ref: str, jobs: int | None, reporter: Reporter) -> str:
     return f"cpp:{result.directory}"
 
 
+def _checkpoint(request: FullCrossvalRequest, reporter: Reporter) -> Checkpoint:
+    """The local checkpoint, or the one --hf-id names fetched (files already here are
+    revalidated); read and checked either way (exit 2 for one crossval cannot run)."""
+    from bitnet_xtask.hf.checkpoint import read_checkpoint
+
+    if request.hf_dir is not None:
+        return read_checkpoint(request.hf_dir)
+    from bitnet_xtask.hf.fetch import fetch_checkpoint
+
+    assert request.hf_repo is not None
+    directory = fetch_checkpoint(request.hf_repo, revision=request.hf_revision,
+                                 out=request.models_dir, reporter=reporter)  # fmt: skip
+    return read_checkpoint(directory)
+
+
+def _convert(request: FullCrossvalRequest, checkpoint: Checkpoint, reporter: Reporter) -> Path:
+    """The checkpoint's GGUF in --quant, made by the pinned converter beside the other
+    models (`<models>/<checkpoint>-<quant>.gguf`), reused while it is up to date."""
+    from bitnet_xtask.fixtures.convert import convert_checkpoint
+    from bitnet_xtask.fixtures.twin_spec import CHECKPOINT_DIR
+
+    directory = checkpoint.directory.resolve()
+    named = directory.parent if directory.name == CHECKPOINT_DIR else directory  # a twin's
+    target = request.models_dir / f"{named.name}-{request.quant}.gguf"
+    return convert_checkpoint(checkpoint, target, request.quant, reporter)
+
+
+def _model(request: FullCrossvalRequest, steps: _Steps) -> Path | None:
+    """Step `model`: the fixture or the --id download; None when the GGUF is converted
+    from the checkpoint (after fetch-cpp, which brings the converter)."""
+    if "model" not in steps.names:
+        return None
+    if request.repo is None:
+        return steps.run("model", lambda: _fixture(request, steps.reporter),
+                         "check --fixture/--arch/--quant and free disk space")  # fmt: skip
+    retry = f"retry, or fetch it alone: xtask download-model --id {request.repo}"
+    return steps.run("model", lambda: _download(request, steps.reporter), retry)
+
+
 def run_full_crossval(
     request: FullCrossvalRequest, reporter: Reporter | None = None
 ) -> CrossvalResult:
-    """The three steps; returns crossval's result (`.to_receipt()`: the receipt)."""
+    """The steps; returns crossval's result (`.to_receipt()`: the receipt)."""
     reporter = reporter or NullReporter()
+    steps = _Steps(request.steps(), reporter)
+    if "convert" in steps.names:
+        from bitnet_xtask.fixtures.convert import CONVERTER_QUANTS
+
+        if request.quant not in CONVERTER_QUANTS:  # before the build, not after it
+            raise UsageError(
+                f"--quant {request.quant}: the converter cannot write it",
+                f"with --hf and no --id, choose one of {', '.join(CONVERTER_QUANTS)}",
+            )
     ref = reference_for(request)
-    if request.repo is None:
-        model = _step(1, reporter, lambda: _fixture(request, reporter),
-                      "check --fixture/--arch/--quant and free disk space")  # fmt: skip
-    else:
-        retry = f"retry, or fetch it alone: xtask download-model --id {request.repo}"
-        model = _step(1, reporter, lambda: _download(request, reporter), retry)
-    cpp = _step(2, reporter, lambda: _build(ref, request.jobs, reporter),
-                f"retry, or build it alone: xtask fetch-cpp --ref {ref}")  # fmt: skip
+    checkpoint = None
+    if request.has_checkpoint:
+        where = f"--hf {request.hf_dir}" if request.hf_dir else f"--hf-id {request.hf_repo}"
+        checkpoint = steps.run("checkpoint", lambda: _checkpoint(request, reporter),
+                               f"check {where}")  # fmt: skip
+    model = _model(request, steps)
+    cpp = steps.run("fetch-cpp", lambda: _build(ref, request.jobs, reporter),
+                    f"retry, or build it alone: xtask fetch-cpp --ref {ref}")  # fmt: skip
+    if model is None:
+        assert checkpoint is not None  # no model step: the GGUF comes from the checkpoint
+        ready = checkpoint
+        model = steps.run("convert", lambda: _convert(request, ready, reporter),
+                          "check --hf and --quant")  # fmt: skip
+    definition = () if checkpoint is None else (f"hf:{checkpoint.directory}",)
     crossval = CrossvalRequest(
         models=(model,),
-        backends=request.backends or (cpp, "numpy"),
+        backends=(*definition, *(request.backends or (cpp, "numpy"))),
         prompts=request.prompts,
         n_predict=request.n_predict,
         profile=request.profile,
         threads=request.threads,
         timeout=request.timeout,
+        hf_dtype=request.hf_dtype,
     )
-    return _step(3, reporter, lambda: run_crossval(crossval, reporter),
-                 f"rerun it alone: xtask crossval --model {model}")  # fmt: skip
+    return steps.run("crossval", lambda: run_crossval(crossval, reporter),
+                     f"rerun it alone: xtask crossval --model {model}")  # fmt: skip

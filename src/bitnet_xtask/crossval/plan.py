@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bitnet_xtask.crossval.backends import make_backend
+from bitnet_xtask.crossval.backends import CppBackend, make_backend
 from bitnet_xtask.crossval.request import (
     TOKENIZER_HINT,
     CrossvalRequest,
@@ -34,14 +34,21 @@ class PlannedBackend:
     """A backend as the run would use it, or why it could not."""
 
     spec: str
-    kind: str | None  # numpy | cpp | cmd; None when the spec names nothing usable
-    build: Path | None  # the build directory of a cpp: backend
+    kind: str | None  # numpy | cpp | cmd | hf; None when the spec names nothing usable
+    build: Path | None  # the build directory of a cpp: backend (hf: the checkpoint)
     problem: str | None  # why it cannot run, and what to do (None: it can)
+    engine: str | None = None  # a cpp: backend's engine, as the config audit names it
 
     def to_json(self) -> dict[str, Any]:
         return {"spec": self.spec, "kind": self.kind,
                 "build": None if self.build is None else str(self.build),
                 "problem": self.problem}  # fmt: skip
+
+
+def _planned_model(model: PlannedModel) -> dict[str, Any]:
+    audit = None if model.audit is None else model.audit.to_json()
+    return {**model.facts.to_json(), "tolerances": model.tolerances.to_dict(),
+            "config_audit": audit}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,7 @@ class CrossvalPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "models": [
-                {**m.facts.to_json(), "tolerances": m.tolerances.to_dict()} for m in self.models
-            ],
+            "models": [_planned_model(m) for m in self.models],
             "backends": [b.to_json() for b in self.backends],
             "settings": self.settings.to_json(),
             "host": self.host,
@@ -88,12 +93,14 @@ class CrossvalPlan:
                 f"{facts.quant or 'unknown quant'}): profile {t.name} (max KL {t.max_kl:g}, "
                 f"min cosine {t.min_cosine:g}, max |d| {t.max_abs_diff:g})"
             )
+            findings = () if model.audit is None else model.audit.semantic
+            lines += [f"  config audit: {finding.message()}" for finding in findings]
         return lines
 
 
 def _plan_backend(spec: str, request: CrossvalRequest, *, first: bool) -> PlannedBackend:
     try:
-        backend = make_backend(spec, request.threads, request.timeout)
+        backend = make_backend(spec, request.threads, request.timeout, hf_dtype=request.hf_dtype)
     except UsageError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
         return PlannedBackend(spec, None, None, exc.message + hint)
@@ -104,7 +111,9 @@ def _plan_backend(spec: str, request: CrossvalRequest, *, first: bool) -> Planne
         backend.close()
     build = identity.get("directory")
     why = None if problem is None else f"{problem} ({TOKENIZER_HINT})"
-    return PlannedBackend(spec, identity["kind"], None if build is None else Path(build), why)
+    engine = backend.engine if isinstance(backend, CppBackend) else None
+    return PlannedBackend(spec, identity["kind"], None if build is None else Path(build), why,
+                          engine)  # fmt: skip
 
 
 def plan_crossval(request: CrossvalRequest) -> CrossvalPlan:
@@ -116,8 +125,9 @@ def plan_crossval(request: CrossvalRequest) -> CrossvalPlan:
         _plan_backend(spec, request, first=index == 0)
         for index, spec in enumerate(request.backends)
     )
+    engines = [backend.engine for backend in backends if backend.engine is not None]
     return CrossvalPlan(
-        models=plan_models(request),
+        models=plan_models(request, engines),
         backends=backends,
         settings=request.settings(),
         host=detect_runtime().to_dict(),

@@ -228,6 +228,26 @@ def _recorded_tolerances(model: dict[str, Any]) -> tuple[metrics.Tolerances, lis
     ]
 
 
+def _shared_errors(run: dict[str, Any], tolerances: metrics.Tolerances, name: str) -> list[str]:
+    """A shared deviation must be what its numbers say: the two candidates agree with
+    each other (its `between` comparison passes), and each failed against the reference."""
+    failed = {c["candidate"] for c in run["comparisons"] if not c["verdict"]["passed"]}
+    errors = []
+    for shared in run.get("shared_deviations", []):
+        first, second = shared["candidates"]
+        where = f"{name} / {first} and {second}"
+        between = shared["between"]
+        if (between["reference"], between["candidate"]) != (first, second):
+            errors.append(f"{where}: the comparison between them names other backends")
+        found, passed = _comparison_errors(between, tolerances, {**run, "tokenization": []}, where)
+        errors += found
+        if not passed:
+            errors.append(f"{where}: recorded as a shared deviation, but they do not agree")
+        errors += [f"{where}: {spec} is recorded as failing, but its comparison passed"
+                   for spec in (first, second) if spec not in failed]  # fmt: skip
+    return errors
+
+
 def _model_errors(model: dict[str, Any]) -> tuple[list[str], bool]:
     """Where one model's record contradicts itself, and whether it failed."""
     name = Path(model["path"]).name
@@ -241,6 +261,7 @@ def _model_errors(model: dict[str, Any]) -> tuple[list[str], bool]:
             found, passed = _comparison_errors(comparison, tolerances, run, where)
             errors += found
             failed |= not passed
+        errors += _shared_errors(run, tolerances, name)
     return errors, failed
 
 
@@ -257,6 +278,27 @@ def verdict_errors(receipt: dict[str, Any]) -> list[str]:
         errors.append(
             f"overall verdict passed={receipt['verdict']['passed']} contradicts the comparisons"
         )
+    return errors + _findings_errors(receipt)
+
+
+def _findings_errors(receipt: dict[str, Any]) -> list[str]:
+    """The verdict's findings are the runs' shared deviations, each judged against the
+    run's reference (the first backend)."""
+    reference = receipt["backends"][0]["spec"]
+    recorded = [
+        (Path(model["path"]).name, shared)
+        for model in receipt["models"]
+        for run in model["runs"]
+        for shared in run.get("shared_deviations", [])
+    ]
+    errors = [f"{name}: a shared deviation against {shared['reference']!r}, but the "
+              f"reference is {reference!r}"
+              for name, shared in recorded if shared["reference"] != reference]  # fmt: skip
+    findings = receipt["verdict"].get("findings", [])
+    pairs = [(s["candidates"], s["between"]["metrics"]["summary"]) for _, s in recorded]
+    listed = [(f["candidates"], f["between"]["metrics"]["summary"]) for f in findings]
+    if pairs != listed:
+        errors.append("the verdict's findings are not the runs' shared deviations")
     return errors
 
 

@@ -1,58 +1,66 @@
-"""The reference forward pass: llama.cpp's `llama` and `bitnet` graphs, in plain NumPy.
+"""The reference forward pass: the `llama` and `bitnet` model definitions, in NumPy.
 
 crossval compares engines against this module, so it is written to be read, as the
-executable specification of the two architectures: one small function per step of the
-graph, no KV cache (every call runs the whole sequence), nothing fused. It computes what
-llama.cpp computes *on the tensors of the GGUF file* (llama.cpp's converter permutes a
-Hugging Face model's Q/K rows for its RoPE; the file's tensors are taken as they are).
+executable specification of the two architectures: one small function per step, no KV
+cache (every call runs the whole sequence), nothing fused. It follows each model's
+definition, its Hugging Face transformers implementation (`definitions`: the modeling
+file, the classes, the config fields, and which GGUF key carries each choice), applied
+to the tensors of the GGUF file as they are (llama.cpp's converter permutes a llama
+checkpoint's Q/K rows for its RoPE, which is why the file's RoPE is NORM).
 
-Sources, so a reader can check each step: upstream llama.cpp `src/models/llama.cpp` and
-`src/models/bitnet.cpp` (0c1e57098), `llama_model_rope_type` in `src/llama-model.cpp`,
-`build_ffn` / `build_qkv` / `build_lora_mm` in `src/llama-graph.cpp`; microsoft/BitNet's
-2024 fork `build_llama` / `build_bitnet` in `3rdparty/llama.cpp/src/llama.cpp`. Both
-generations build the same graphs:
+- llama (LlamaForCausalLM): x += W_o attn(rope(W_q h), rope(W_k h), W_v h) with
+  h = rmsnorm(x); x += W_down (act(W_gate h) * W_up h) with h = rmsnorm(x), act = SiLU;
+  the head is `output.weight`, or `token_embd.weight` when the file has none (tied).
+- bitnet (BitNetForCausalLM): the same, plus an RMSNorm on the attention output before
+  W_o (`attn_sub_norm`) and one on the gated FFN before W_down (`ffn_sub_norm`). The
+  activation is squared ReLU, relu(x)^2 (BitNetConfig.hidden_act "relu2"): no GGUF key
+  says so (upstream's converter writes none), so it is the definition of the family
+  the file claims. RoPE is NEOX on the file; the head is always `token_embd.weight`.
+  Each projection may have a one-element `*.scale` tensor that multiplies its output.
 
-- llama: x += W_o attn(rope(W_q h), rope(W_k h), W_v h) with h = rmsnorm(x);
-  x += W_down (silu(W_gate h) * W_up h) with h = rmsnorm(x); RoPE type NORM (rotates
-  adjacent pairs x[2i], x[2i+1]); the head is `output.weight`, or `token_embd.weight`
-  when the file has no `output.weight` (tied embeddings).
-- bitnet: the same, plus an RMSNorm on the attention output before W_o
-  (`attn_sub_norm`) and one on the gated FFN activation before W_down
-  (`ffn_sub_norm`). The FFN activation is SwiGLU (LLM_FFN_SILU, LLM_FFN_PAR) in both
-  trees, not squared ReLU. RoPE type NEOX (rotates x[i], x[i + n_rot/2]). The head is
-  always `token_embd.weight`. Each projection may have a one-element `*.scale` tensor
-  that multiplies its output.
+Where llama.cpp's graph differs from the definition, `engine_graphs` records it with
+its source line: llama.cpp's and bitnet.cpp's `bitnet` graphs compute SiLU
+(src/models/bitnet.cpp:132 at 0c1e57098), and a file without a RoPE base gets 10000
+from every engine where BitNetConfig's default is 500000. `load_model(..., graph="llama.cpp")` runs
+that graph instead: the same forward pass with the engine's recorded facts in place of
+the definition's choices, named as such in `ReferenceModel.choices()`; never the default.
 
 Precision: weights are dequantized to float32 (exactly, as ggml's own dequantization
-does), activations are float64, and the logits come back as float32, llama.cpp's output
-type. An engine differs from this by its own rounding (an f16 KV cache, activations
-quantized to 8 bits inside quantized matrix products), which crossval's tolerance
-profiles account for. Weights are dequantized from the memory-mapped file when a step
-first needs them and kept up to a budget (DEFAULT_WEIGHT_CACHE_BYTES), so a small model
-is dequantized once and a large one still runs, re-reading what did not fit.
+does), activations are float64 (not quantized to 8 bits, as transformers' BitLinear
+does for checkpoints that declare a bitnet quantization_config), and the logits come
+back as float32, llama.cpp's output type. An engine differs from this by its own
+rounding (an f16 KV cache, activations quantized inside quantized matrix products),
+which crossval's tolerance profiles account for. Weights are dequantized from the
+memory-mapped file when a step first needs them and kept up to a budget
+(DEFAULT_WEIGHT_CACHE_BYTES), so a small model is dequantized once and a large one
+still runs, re-reading what did not fit.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
+from bitnet_xtask.crossval.definitions import (
+    DEFINITIONS,
+    GRAPH_CHOICES,
+    Activation,
+    Graph,
+    RopeType,
+)
+from bitnet_xtask.crossval.engine_graphs import ChosenGraph, GraphName, choose_graph
 from bitnet_xtask.crossval.gguf_file import I2_S_TYPE_ID, GGUFFile, TensorInfo
 from bitnet_xtask.errors import XtaskError
 
 Floats = npt.NDArray[np.float64]
 Logits = npt.NDArray[np.float32]
-RopeType = Literal["norm", "neox"]
-
-ROPE_TYPES: dict[str, RopeType] = {"llama": "norm", "bitnet": "neox"}
-"""The architectures the reference implements and their RoPE (llama_model_rope_type)."""
 
 DEFAULT_WEIGHT_CACHE_BYTES = 2 << 30
 """How many bytes of dequantized float32 weights a model keeps between steps and calls."""
@@ -131,7 +139,8 @@ class Hparams:
 
 def _unsupported(path: Path, what: str) -> XtaskError:
     return XtaskError(
-        f"{path}: {what}", hint="the reference implements llama.cpp's llama and bitnet graphs"
+        f"{path}: {what}",
+        hint="the reference implements the llama and bitnet model definitions",
     )
 
 
@@ -209,11 +218,19 @@ def _layers_and_rope(keys: _Keys, n_tensors: int, head_dim: int) -> tuple[int, i
     return n_layer, n_rot
 
 
-def read_hparams(gguf: GGUFFile, path: Path) -> Hparams:
-    """The hyperparameters, with llama.cpp's defaults for the optional keys (`_Keys`)."""
+def architecture(gguf: GGUFFile, path: Path) -> str:
+    """The file's `general.architecture`, one of the `definitions` the reference implements."""
     arch = gguf.metadata("general.architecture")
-    if arch not in ROPE_TYPES:
+    if not isinstance(arch, str) or arch not in DEFINITIONS:
         raise _unsupported(path, f"architecture {arch!r} is not one the reference implements")
+    return arch
+
+
+def read_hparams(gguf: GGUFFile, path: Path, graph: Graph | None = None) -> Hparams:
+    """The hyperparameters, with llama.cpp's defaults for the optional keys (`_Keys`),
+    except the RoPE base, whose default is `graph`'s (the definition's when None)."""
+    arch = architecture(gguf, path)
+    graph = graph or DEFINITIONS[arch].graph
     keys = _Keys(gguf, path, arch)
     _refuse_unimplemented(keys)
     embedding = gguf.tensor_infos.get("token_embd.weight")
@@ -233,8 +250,8 @@ def read_hparams(gguf: GGUFFile, path: Path) -> Hparams:
         head_dim=head_dim,
         n_ff=keys.count("feed_forward_length"),
         n_rot=n_rot,
-        rope_type=ROPE_TYPES[arch],
-        rope_freq_base=keys.real("rope.freq_base", 10000.0),
+        rope_type=graph.rope,
+        rope_freq_base=keys.real("rope.freq_base", graph.rope_freq_base_default),
         rope_freq_scale=1.0 if factor == 0.0 else 1.0 / factor,
         rms_eps=keys.real("attention.layer_norm_rms_epsilon"),
     )
@@ -310,8 +327,19 @@ def linear(x: Floats, weight: npt.NDArray[np.float32]) -> Floats:
 
 
 def silu(x: Floats) -> Floats:
-    """x * sigmoid(x)."""
+    """x * sigmoid(x): transformers' ACT2FN["silu"], llama.cpp's ggml_silu."""
     return x / (1.0 + np.exp(-x))
+
+
+def relu2(x: Floats) -> Floats:
+    """relu(x)^2: transformers' ACT2FN["relu2"] (ReLUSquaredActivation, activations.py:206),
+    llama.cpp's LLM_FFN_RELU_SQR (ggml_relu then ggml_sqr)."""
+    positive: Floats = np.maximum(x, 0.0)
+    return positive * positive
+
+
+ACTIVATIONS: dict[Activation, Callable[[Floats], Floats]] = {"silu": silu, "relu2": relu2}
+"""The FFN activations, by the name `definitions.Graph.ffn_activation` gives."""
 
 
 def rope_angles(
@@ -370,18 +398,25 @@ def causal_attention(q: Floats, k: Floats, v: Floats, kq_scale: float) -> Floats
 
 
 class ReferenceModel:
-    """A llama or bitnet GGUF, evaluated by the reference forward pass."""
+    """A llama or bitnet GGUF, evaluated by the reference forward pass of `chosen`'s
+    graph (the model's definition unless an engine graph was asked for)."""
 
     def __init__(
         self,
         gguf: ReferenceFile,
         hparams: Hparams,
         weight_cache_bytes: int = DEFAULT_WEIGHT_CACHE_BYTES,
+        chosen: ChosenGraph | None = None,
     ) -> None:
         self.gguf = gguf
         self.hparams = hparams
+        self.chosen = chosen or choose_graph(hparams.arch)
         self._cache: dict[str, npt.NDArray[np.float32]] = {}
         self._cache_room = weight_cache_bytes
+
+    @property
+    def graph(self) -> Graph:
+        return self.chosen.graph
 
     def _weight(self, name: str) -> npt.NDArray[np.float32]:
         """A tensor as float32, dequantized once while the cache has room for it."""
@@ -411,24 +446,25 @@ class ReferenceModel:
         v = self._project(h, layer, "attn_v").reshape(n_pos, hp.n_head_kv, hp.head_dim)
         q, k = rope(q, cos, sin, hp.rope_type), rope(k, cos, sin, hp.rope_type)
         a = causal_attention(q, k, v, 1.0 / math.sqrt(hp.head_dim))
-        if hp.arch == "bitnet":
+        if self.graph.sub_norms:
             a = rms_norm(a, self._weight(f"blk.{layer}.attn_sub_norm.weight"), hp.rms_eps)
         return self._project(a, layer, "attn_output")
 
     def _feed_forward(self, x: Floats, layer: int) -> Floats:
-        """The FFN block's contribution to the residual stream."""
+        """The FFN block's contribution to the residual stream: act(gate) * up."""
         hp = self.hparams
         h = rms_norm(x, self._weight(f"blk.{layer}.ffn_norm.weight"), hp.rms_eps)
-        f = silu(self._project(h, layer, "ffn_gate")) * self._project(h, layer, "ffn_up")
-        if hp.arch == "bitnet":
+        act = ACTIVATIONS[self.graph.ffn_activation]
+        f = act(self._project(h, layer, "ffn_gate")) * self._project(h, layer, "ffn_up")
+        if self.graph.sub_norms:
             f = rms_norm(f, self._weight(f"blk.{layer}.ffn_sub_norm.weight"), hp.rms_eps)
         return self._project(f, layer, "ffn_down")
 
-    def _head(self) -> npt.NDArray[np.float32]:
+    def head_tensor(self) -> str:
         """The output matrix: output.weight, else the token embeddings (always, for bitnet)."""
-        if "output.weight" in self.gguf.tensor_infos:
-            return self._weight("output.weight")
-        return self._weight("token_embd.weight")
+        if self.graph.head == "token_embd" or "output.weight" not in self.gguf.tensor_infos:
+            return "token_embd.weight"
+        return "output.weight"
 
     def logits(self, token_ids: Sequence[int]) -> Logits:
         """Logits after each token: (len(token_ids), n_vocab) float32, row i after token i."""
@@ -449,7 +485,7 @@ class ReferenceModel:
             x = x + self._attention(x, layer, cos, sin)
             x = x + self._feed_forward(x, layer)
         x = rms_norm(x, self._weight("output_norm.weight"), hp.rms_eps)
-        return linear(x, self._head()).astype(np.float32)
+        return linear(x, self._weight(self.head_tensor())).astype(np.float32)
 
     def greedy(self, token_ids: Sequence[int], n: int) -> list[int]:
         """n tokens of greedy continuation: each the argmax (first maximum) of the last row.
@@ -461,17 +497,73 @@ class ReferenceModel:
             tokens.append(int(np.argmax(self.logits(tokens)[-1])))
         return tokens[len(token_ids) :]
 
+    def choices(self) -> dict[str, dict[str, Any]]:
+        """What this forward pass used for each choice and where it came from, for the
+        receipt: {"ffn_activation": {"value": "relu2", "from": "definition of bitnet:
+        ..."}, ...}. The graph's choices (`definitions.Graph`), then what the file said."""
+        used: dict[str, dict[str, Any]] = {
+            c: {"value": getattr(self.graph, c), "from": self.chosen.sources[c]}
+            for c in GRAPH_CHOICES
+            if c != "rope_freq_base_default"
+        }
+        return used | _file_choices(self)
+
+
+def _file_choices(model: ReferenceModel) -> dict[str, dict[str, Any]]:
+    """The choices the file's own metadata and tensors made (`choices`)."""
+    hp, arch, infos = model.hparams, model.hparams.arch, model.gguf.tensor_infos
+    base_key = f"{arch}.rope.freq_base"
+    if model.gguf.metadata(base_key) is None:
+        base_from = f"the file has no {base_key}: {model.chosen.sources['rope_freq_base_default']}"
+    else:
+        base_from = f"{base_key} in the file"
+    head = model.head_tensor()
+    if model.graph.head == "token_embd":
+        head_from = f"the {arch} head is always token_embd.weight"
+    elif head == "output.weight":
+        head_from = "output.weight is in the file"
+    else:
+        head_from = "the file has no output.weight: tied embeddings"
+    used: dict[str, dict[str, Any]] = {
+        "head_tensor": {"value": head, "from": head_from},
+        "rms_norm_eps": {
+            "value": hp.rms_eps,
+            "from": f"{arch}.attention.layer_norm_rms_epsilon in the file",
+        },
+        "rope_freq_base": {"value": hp.rope_freq_base, "from": base_from},
+        "rope_freq_scale": {
+            "value": hp.rope_freq_scale,
+            "from": f"{arch}.rope.scaling.type and .factor in the file (absent: 1)",
+        },
+        "rope_freqs": {
+            "value": "rope_freqs.weight" in infos,
+            "from": "per-frequency divisors from the rope_freqs.weight tensor, when present",
+        },
+    }
+    quantized = DEFINITIONS[arch].choices.get("activation_quantization")
+    if quantized is not None:
+        used["activation_quantization"] = {
+            "value": "none",
+            "from": f"float64 activations; the definition: {quantized.definition}",
+        }
+    return used
+
 
 def load_model(
-    path: Path | str, weight_cache_bytes: int = DEFAULT_WEIGHT_CACHE_BYTES
+    path: Path | str,
+    weight_cache_bytes: int = DEFAULT_WEIGHT_CACHE_BYTES,
+    graph: GraphName = "definition",
 ) -> ReferenceModel:
-    """Open a llama or bitnet GGUF for the reference forward pass.
+    """Open a llama or bitnet GGUF for the reference forward pass of the model's
+    definition, or of an engine's graph of it (`engine_graphs.choose_graph`).
 
     Raises XtaskError, naming what is unsupported, for any other architecture or for
-    tensors and metadata the two graphs do not account for.
+    tensors and metadata the two architectures do not account for; UsageError for an
+    engine graph no facts are recorded for.
     """
     path = Path(path)
     gguf = ReferenceFile(path)  # refuses, by name, anything but a whole, well-formed GGUF
-    hparams = read_hparams(gguf, path)
+    chosen = choose_graph(architecture(gguf, path), graph)
+    hparams = read_hparams(gguf, path, chosen.graph)
     _check_tensors(gguf, hparams, path)
-    return ReferenceModel(gguf, hparams, weight_cache_bytes)
+    return ReferenceModel(gguf, hparams, weight_cache_bytes, chosen)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bitnet_xtask.crossval import metrics
 from bitnet_xtask.crossval.backends import DEFAULT_TIMEOUT, Backend
@@ -19,10 +20,28 @@ from bitnet_xtask.crossval.model_facts import ModelFacts, ModelLimits, inspect_m
 from bitnet_xtask.crossval.results import Settings
 from bitnet_xtask.errors import UsageError
 
+if TYPE_CHECKING:
+    from bitnet_xtask.crossval.audit import ConfigAudit
+    from bitnet_xtask.hf.checkpoint import Checkpoint
+
 DEFAULT_PROMPT = "The capital of France is Paris, and the capital of Germany is"
 DEFAULT_BACKENDS = ("cpp:llama.cpp", "numpy")
 STRICT_QUANTS = frozenset({"f32", "f16", "bf16"})
 CONTEXT_HINT = "shorten the prompt or lower --n-predict (the model's context_length is the limit)"
+
+
+DEFINITION_PREFIX = "hf:"
+"""The backend that runs the model's own definition (transformers): the reference."""
+
+
+def reference_first(backends: Sequence[str]) -> tuple[str, ...]:
+    """The backends in the order given, except that the first `hf:` one leads: with the
+    model's definition present, every engine (and the NumPy reference) is judged against
+    it, not against another engine."""
+    at = next((i for i, b in enumerate(backends) if b.startswith(DEFINITION_PREFIX)), None)
+    if at is None:
+        return tuple(backends)
+    return (backends[at], *backends[:at], *backends[at + 1 :])
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,10 @@ class CrossvalRequest:
     top_k: int = metrics.DEFAULT_TOP_K
     threads: int | None = None
     timeout: float = DEFAULT_TIMEOUT  # seconds per engine call; then its process group is killed
+    hf_dtype: str = "float32"  # what an hf: backend computes in (crossval.hf_backend.DTYPES)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backends", reference_first(self.backends))
 
     @property
     def inputs(self) -> tuple[str | None, ...]:
@@ -52,15 +75,18 @@ class CrossvalRequest:
             profile=self.profile,
             prompts=self.prompts if self.token_ids is None else (),
             token_ids=self.token_ids,
+            hf_dtype=self.hf_dtype,
         )
 
 
 @dataclass(frozen=True)
 class PlannedModel:
-    """A model that passed the up-front checks, and the thresholds it will be judged by."""
+    """A model that passed the up-front checks, the thresholds it will be judged by, and
+    with an `hf:` reference, the audit of its config.json against the GGUF and engines."""
 
     facts: ModelFacts
     tolerances: metrics.Tolerances
+    audit: ConfigAudit | None = None
 
 
 def discover_models(root: Path) -> tuple[Path, ...]:
@@ -133,7 +159,9 @@ def check_counts(request: CrossvalRequest) -> None:
 
 
 #: What to do when the first backend cannot tokenize the prompts.
-TOKENIZER_HINT = "put a tokenizing backend (cpp:...) first, or give the ids with --tokens-file"
+TOKENIZER_HINT = (
+    "put a tokenizing backend (cpp:... or hf:...) first, or give the ids with --tokens-file"
+)
 
 
 def tokenizer_problem(request: CrossvalRequest, first: Backend) -> str | None:
@@ -157,15 +185,54 @@ def _check_fits(request: CrossvalRequest, inputs: Sequence[str | None], facts: M
             raise UsageError(f"{which}: {problem}", CONTEXT_HINT)
 
 
-def plan_models(request: CrossvalRequest) -> tuple[PlannedModel, ...]:
+def _audit(
+    checkpoint: Checkpoint | None, model: Path, engines: Sequence[str]
+) -> ConfigAudit | None:
+    """The reference checkpoint's config.json against the model and the engines' graphs;
+    a GGUF that cannot be the checkpoint's model (other shapes) is refused (exit 2)."""
+    if checkpoint is None:
+        return None
+    from bitnet_xtask.crossval.audit import audit_config
+    from bitnet_xtask.crossval.gguf_file import GGUFFile
+
+    audit = audit_config(checkpoint.config, GGUFFile(model), engines, checkpoint.directory)
+    try:
+        audit.refuse()
+    except UsageError as exc:
+        raise UsageError(f"{model.name} against {checkpoint.directory}: {exc.message}",
+                         exc.hint) from None  # fmt: skip
+    return audit
+
+
+def reference_checkpoint(request: CrossvalRequest) -> Checkpoint | None:
+    """The checkpoint of the `hf:` reference (the first backend when there is one)."""
+    first = request.backends[0]
+    if not first.startswith(DEFINITION_PREFIX):
+        return None
+    from bitnet_xtask.hf.checkpoint import read_checkpoint
+
+    return read_checkpoint(Path(first.removeprefix(DEFINITION_PREFIX)).expanduser())
+
+
+def plan_models(request: CrossvalRequest, engines: Sequence[str] = ()) -> tuple[PlannedModel, ...]:
     """Every model inspected (its header read, refused when unreadable), its inputs
-    checked against its context, and its thresholds chosen: a profile given as a file is
-    read once, for all of them."""
+    checked against its context, its thresholds chosen (a profile given as a file is read
+    once, for all of them), and with an `hf:` reference, its config audited against the
+    checkpoint and `engines` (`CppBackend.engine` of each engine compared)."""
     given = request.profile
     from_file = None if given is None or given in metrics.PROFILES else tolerances_for(None, given)
+    checkpoint = reference_checkpoint(request)
+    # A reference that computes in the checkpoint's bf16/f16 rounds as a quantized
+    # engine does: judged strictly, every candidate would fail (and "share" it).
+    rounded = (
+        checkpoint is not None
+        and request.hf_dtype != "float32"
+        and (checkpoint.dtype not in (None, "float32"))
+    )
     planned = []
     for model in request.models:
         facts = inspect_model(model)
         _check_fits(request, request.inputs, facts)
-        planned.append(PlannedModel(facts, from_file or tolerances_for(facts.quant, given)))
+        tolerances = from_file or tolerances_for(None if rounded else facts.quant, given)
+        planned.append(PlannedModel(facts, tolerances, _audit(checkpoint, model, engines)))
     return tuple(planned)

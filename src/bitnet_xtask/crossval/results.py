@@ -11,10 +11,13 @@ version 1, `receipt.schema.json`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bitnet_xtask.crossval import metrics
 from bitnet_xtask.crossval.model_facts import ModelFacts
+
+if TYPE_CHECKING:
+    from bitnet_xtask.crossval.audit import ConfigAudit
 
 RECEIPT_KIND = "bitnet-xtask/crossval-receipt"
 RECEIPT_VERSION = 1
@@ -75,6 +78,55 @@ class Comparison:
         }
 
 
+def _worst_failure(verdict: metrics.Verdict) -> metrics.Failure:
+    """The failure that says most about a deviation: KL when it failed, else the first."""
+    return next((f for f in verdict.failures if f.metric == "kl"), verdict.failures[0])
+
+
+def _briefly(failure: metrics.Failure) -> str:
+    where = "" if failure.position is None else f" at position {failure.position}"
+    name = "KL" if failure.metric == "kl" else failure.metric
+    return f"{name} {failure.value:.3g}{where}"
+
+
+@dataclass(frozen=True)
+class SharedDeviation:
+    """Two candidates that fail against the reference the same way: they agree with each
+    other within the model's profile, so comparing them with each other would call both
+    right. With the model's definition (`hf:`) as the reference, this is a deviation they
+    share from the model, the kind of bug pairwise engine comparisons cannot find."""
+
+    reference: str
+    between: Comparison  # the second candidate against the first
+    against_reference: tuple[Comparison, Comparison]  # each candidate against the reference
+
+    @property
+    def candidates(self) -> tuple[str, str]:
+        return self.between.reference, self.between.candidate
+
+    def message(self) -> str:
+        first, second = self.candidates
+        max_kl = self.between.logits.summary()["max_kl"]
+        worst = _briefly(_worst_failure(self.against_reference[0].verdict))
+        return (
+            f"{first} and {second} agree with each other (max KL {max_kl:.2g}) but both "
+            f"differ from {self.reference} ({worst}): a deviation they share from "
+            + ("the model's definition" if self.reference.startswith("hf:") else "the reference")
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": "shared_deviation",
+            "reference": self.reference,
+            "candidates": list(self.candidates),
+            "between": self.between.to_json(),
+            "against_reference": [
+                _worst_failure(c.verdict).to_dict() for c in self.against_reference
+            ],
+            "message": self.message(),
+        }
+
+
 @dataclass(frozen=True)
 class PromptRun:
     """One prompt (None: the given ids) through every backend of one model."""
@@ -84,6 +136,7 @@ class PromptRun:
     tokenization: tuple[TokenizationParity, ...]  # one per backend; () for given ids
     evaluations: tuple[EvaluationRecord, ...]  # one per backend
     comparisons: tuple[Comparison, ...]  # one per backend after the first
+    shared_deviations: tuple[SharedDeviation, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +145,7 @@ class PromptRun:
             "tokenization": [t.to_json() for t in self.tokenization],
             "evaluations": [e.to_json() for e in self.evaluations],
             "comparisons": [c.to_json() for c in self.comparisons],
+            "shared_deviations": [s.to_json() for s in self.shared_deviations],
         }
 
 
@@ -109,6 +163,7 @@ class ModelResult:
     tolerances: metrics.Tolerances
     runs: tuple[PromptRun, ...] = ()
     error: str | None = None  # then no runs: the model failed alone
+    audit: ConfigAudit | None = None  # config.json against the GGUF, with an hf: reference
 
     def failures(self) -> list[dict[str, Any]]:
         """Every failure of this model, each message naming the model (and candidate)."""
@@ -128,6 +183,7 @@ class ModelResult:
             "tolerances": self.tolerances.to_dict(),
             "runs": [run.to_json() for run in self.runs],
             "error": self.error,
+            "config_audit": None if self.audit is None else self.audit.to_json(),
         }
 
 
@@ -140,9 +196,11 @@ class Settings:
     profile: str | None
     prompts: tuple[str, ...]  # () when ids were given
     token_ids: tuple[int, ...] | None
+    hf_dtype: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "hf_dtype": self.hf_dtype,
             "n_predict": self.n_predict,
             "top_k": self.top_k,
             "profile": self.profile,
@@ -167,6 +225,15 @@ class CrossvalResult:
         failed = [f for m in self.models if m.error is None for f in m.failures()]
         return failed + [f for m in self.models if m.error is not None for f in m.failures()]
 
+    def findings(self) -> list[dict[str, Any]]:
+        """What the failures mean together: every shared deviation, naming the model."""
+        return [
+            {**shared.to_json(), "message": f"{model.facts.name}: {shared.message()}"}
+            for model in self.models
+            for run in model.runs
+            for shared in run.shared_deviations
+        ]
+
     @property
     def passed(self) -> bool:
         return not self.failures()
@@ -185,5 +252,5 @@ class CrossvalResult:
             "settings": self.settings.to_json(),
             "backends": [{"spec": spec, "identity": identity} for spec, identity in self.backends],
             "models": [model.to_json() for model in self.models],
-            "verdict": {"passed": not failures, "failures": failures},
+            "verdict": {"passed": not failures, "failures": failures, "findings": self.findings()},
         }

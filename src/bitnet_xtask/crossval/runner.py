@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bitnet_xtask.crossval import metrics
-from bitnet_xtask.crossval.backends import Backend, Evaluation, make_backend
+from bitnet_xtask.crossval.backends import Backend, CppBackend, Evaluation, make_backend
 from bitnet_xtask.crossval.request import (
     CONTEXT_HINT,
     TOKENIZER_HINT,
@@ -45,6 +46,7 @@ from bitnet_xtask.crossval.results import (
     EvaluationRecord,
     ModelResult,
     PromptRun,
+    SharedDeviation,
     TokenizationParity,
 )
 from bitnet_xtask.errors import Interrupted, NoSpaceError, UsageError, XtaskError
@@ -166,6 +168,25 @@ def _comparisons(
     return tuple(compared)
 
 
+def _shared_deviations(
+    ctx: _Context, evaluations: Sequence[Evaluation], comparisons: Sequence[Comparison]
+) -> tuple[SharedDeviation, ...]:
+    """Every pair of failed candidates that agree with each other within the model's
+    profile: a deviation from the reference they share, which comparing engines with
+    engines would call parity."""
+    failed = [i for i, c in enumerate(comparisons, 1) if not c.verdict.passed]
+    reference, shared = ctx.backends[0].spec, []
+    for first, second in itertools.combinations(failed, 2):
+        specs = (ctx.backends[first].spec, ctx.backends[second].spec)
+        between = _compare(specs, (evaluations[first], evaluations[second]),
+                           ctx.model.tolerances, ctx.request.top_k, None)  # fmt: skip
+        if between.verdict.passed:
+            pair = (comparisons[first - 1], comparisons[second - 1])
+            shared.append(SharedDeviation(reference, between, pair))
+            ctx.reporter.info(f"  {shared[-1].message()}")
+    return tuple(shared)
+
+
 def _record(spec: str, evaluation: Evaluation) -> EvaluationRecord:
     ids = evaluation.continuation
     return EvaluationRecord(spec, evaluation.seconds, None if ids is None else tuple(ids))
@@ -186,12 +207,16 @@ def _run_prompt(ctx: _Context, prompt: str | None, workdir: Path) -> PromptRun:
         where = workdir / str(index) / "eval"
         evaluations.append(backend.evaluate(facts.path, tokens, request.n_predict, where))
     records = tuple(_record(b.spec, e) for b, e in zip(ctx.backends, evaluations, strict=True))
-    return PromptRun(prompt, tuple(tokens), parity, records, _comparisons(ctx, evaluations, parity))
+    comparisons = _comparisons(ctx, evaluations, parity)
+    shared = _shared_deviations(ctx, evaluations, comparisons)
+    return PromptRun(prompt, tuple(tokens), parity, records, comparisons, shared)
 
 
 def _run_model(ctx: _Context, workdir: Path) -> ModelResult:
-    facts, tolerances = ctx.model.facts, ctx.model.tolerances
+    facts, tolerances, audit = ctx.model.facts, ctx.model.tolerances, ctx.model.audit
     ctx.reporter.info(f"{facts.name} ({facts.quant or 'unknown quant'}, profile {tolerances.name})")
+    for finding in () if audit is None else audit.semantic:
+        ctx.reporter.info(f"  config audit: {finding.message()}")
     try:
         runs = tuple(
             _run_prompt(ctx, prompt, workdir / f"p{index}")
@@ -199,15 +224,18 @@ def _run_model(ctx: _Context, workdir: Path) -> ModelResult:
         )
     except ModelError as exc:
         ctx.reporter.info(f"  {facts.name}: {exc}")
-        return ModelResult(facts, tolerances, error=str(exc))
-    return ModelResult(facts, tolerances, runs)
+        return ModelResult(facts, tolerances, error=str(exc), audit=audit)
+    return ModelResult(facts, tolerances, runs, audit=audit)
 
 
 @contextlib.contextmanager
 def _opened(request: CrossvalRequest) -> Iterator[list[Guarded]]:
     """Every backend of the request (a spec that names nothing usable is refused here,
     exit 2), closed when the run ends however it ends."""
-    backends = [make_backend(spec, request.threads, request.timeout) for spec in request.backends]
+    backends = [
+        make_backend(spec, request.threads, request.timeout, hf_dtype=request.hf_dtype)
+        for spec in request.backends
+    ]
     try:
         yield [Guarded(backend) for backend in backends]
     finally:
@@ -231,7 +259,8 @@ def run_crossval(request: CrossvalRequest, reporter: Reporter | None = None) -> 
     check_counts(request)
     with _opened(request) as backends, _scratch() as tmp:
         started = _now()
-        planned = plan_models(request)  # everything refusable, refused before any engine runs
+        engines = [b.backend.engine for b in backends if isinstance(b.backend, CppBackend)]
+        planned = plan_models(request, engines)  # all refusable, before any engine runs
         if problem := tokenizer_problem(request, backends[0].backend):
             raise UsageError(problem, TOKENIZER_HINT)
         models = tuple(

@@ -138,6 +138,7 @@ def _summary_table(event: CrossvalDone) -> str:
         for comparison in model["comparisons"]:
             rows.append(_row(name, comparison))
             rows += [f"    {message}" for message in comparison["failures"]]
+    rows += [f"finding: {finding}" for finding in event["findings"]]
     return "\n".join(rows)
 
 

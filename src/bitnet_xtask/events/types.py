@@ -158,11 +158,13 @@ class Comparison(_Stamped):
 
 
 class Step(_Stamped):
-    """full-crossval starts one of its steps (model, fetch-cpp, crossval)."""
+    """full-crossval starts one of its steps (checkpoint, model, fetch-cpp, convert,
+    crossval): the `index`-th `of` this run's."""
 
     phase: Literal["step"]
     step: str
     index: int
+    of: int
 
 
 class Greedy(TypedDict):
@@ -188,13 +190,15 @@ class ModelRow(TypedDict):
 
 
 class CrossvalDone(_Stamped):
-    """The receipt is written; `models` is the summary table, `failures` a count."""
+    """The receipt is written; `models` is the summary table, `failures` a count,
+    `findings` what the failures mean together (a deviation two candidates share)."""
 
     phase: Literal["done"]
     passed: bool
     receipt: str
     failures: int
     models: list[ModelRow]
+    findings: list[str]
 
 
 class CrossvalPlanned(_Stamped):

@@ -17,6 +17,7 @@ import http.server
 import itertools
 import os
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -43,33 +44,43 @@ PEAK_RSS = 256 * MIB  # what a download may cost, whatever the size a server cla
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens: a request that escapes goes nowhere
 
 
-# Sets the limit, then becomes the command: no preexec_fn (unsafe with the server's threads).
-_LIMITED = (
-    "import os, resource, sys; "
-    "resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]),) * 2); "
-    "os.execv(sys.argv[2], sys.argv[2:])"
-)
+# Forks the command with the limit set (no preexec_fn: unsafe with the server's threads)
+# and reports its own peak RSS. Not this process's, nor a vforked child's: Linux carries
+# a process's peak RSS across execve (exec_mmap), so a child spawned straight from the
+# test process would report the test process's peak (hundreds of MB once a test has
+# imported torch in it); a fork of this small wrapper starts from the wrapper's.
+_LIMITED = """
+import os, resource, signal, sys
+limit, report, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+pid = os.fork()
+if pid == 0:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as out:
+    out.write(str(usage.ru_maxrss))
+if os.WIFSIGNALED(status):
+    os.kill(os.getpid(), os.WTERMSIG(status))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
 
 
 def run_measured(argv: Sequence[str], env: dict[str, str], timeout: float = 60) -> tuple[Run, int]:
-    """Run `argv` under an address-space limit; its result and its peak RSS in bytes.
-
-    `wait4` reports the rusage of exactly this child (RUSAGE_CHILDREN would mix in every
-    other process this test session started).
-    """
-    wrapped = [sys.executable, "-c", _LIMITED, str(ADDRESS_SPACE), *argv]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(wrapped, env=env, stdout=out, stderr=err, text=True)
-        timer = threading.Timer(timeout, proc.kill)
+    """Run `argv` under an address-space limit; its result and its peak RSS in bytes
+    (`wait4` of exactly the command, in the wrapper: see `_LIMITED`)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "maxrss"
+        wrapped = [sys.executable, "-c", _LIMITED, str(ADDRESS_SPACE), str(report), *argv]
+        pipe = subprocess.PIPE
+        proc = subprocess.Popen(wrapped, env=env, stdout=pipe, stderr=pipe, text=True,
+                                start_new_session=True)  # fmt: skip
+        timer = threading.Timer(timeout, os.killpg, (proc.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            out, err = proc.communicate()
         finally:
             timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return Run(proc.returncode, out.read(), err.read()), usage.ru_maxrss * 1024
+        return Run(proc.returncode, out, err), int(report.read_text()) * 1024
 
 
 def run_cli(argv: Sequence[str], env: dict[str, str]) -> Run:

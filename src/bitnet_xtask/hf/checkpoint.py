@@ -92,8 +92,10 @@ def _family(config: dict[str, Any], path: Path) -> str:
     return family
 
 
-def _shards(index: Path) -> tuple[Path, ...]:
-    """The files an index's `weight_map` names, each a file of the checkpoint directory."""
+def shard_names(index: Path) -> list[str]:
+    """The shard files a `model.safetensors.index.json` names in its `weight_map`, each
+    once, in order; each must be a `.safetensors` file beside the index (what fetching
+    and reading a checkpoint both rely on)."""
     loaded = read_json(index, what="the safetensors index")
     weight_map = loaded.get("weight_map") if isinstance(loaded, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
@@ -101,8 +103,18 @@ def _shards(index: Path) -> tuple[Path, ...]:
                          "every tensor's file under weight_map")  # fmt: skip
     names = list(dict.fromkeys(weight_map.values()))
     for name in names:
-        if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name:
-            raise UsageError(f"{index} names {name!r}: not a file of the checkpoint directory")
+        beside = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+        if not (beside and name.endswith(".safetensors")):
+            raise UsageError(
+                f"{index} names the shard {name!r}, not a .safetensors file beside it",
+                "only checkpoints whose shards sit beside their index are supported",
+            )
+    return names
+
+
+def _shards(index: Path) -> tuple[Path, ...]:
+    """The files an index's `weight_map` names, each a file of the checkpoint directory."""
+    names = shard_names(index)
     missing = [name for name in names if not (index.parent / name).is_file()]
     if missing:
         raise UsageError(

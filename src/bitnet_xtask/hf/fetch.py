@@ -18,11 +18,10 @@ from typing import TYPE_CHECKING
 
 from bitnet_xtask.download import download_files
 from bitnet_xtask.download.options import DownloadOptions, FileSpec
-from bitnet_xtask.errors import NotFoundError, UsageError
+from bitnet_xtask.errors import NotFoundError
 from bitnet_xtask.events import NullReporter, Reporter
 from bitnet_xtask.fs import remove
-from bitnet_xtask.hf.checkpoint import CONFIG, INDEX, TOKENIZER_FILES, WEIGHTS
-from bitnet_xtask.inputs import read_json
+from bitnet_xtask.hf.checkpoint import CONFIG, INDEX, TOKENIZER_FILES, WEIGHTS, shard_names
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -45,7 +44,7 @@ def fetch_checkpoint(
     assert config is not None  # a required file raises rather than coming back None
     folder = config.parent
     if _fetch(opts, INDEX, reporter, folder) is not None:
-        shards = _shards(folder / INDEX)
+        shards = shard_names(folder / INDEX)
         download_files([FileSpec(shard) for shard in shards], opts, reporter)
         remove(folder / WEIGHTS)  # another revision's single file would be read first
     else:
@@ -74,19 +73,3 @@ def _fetch(
             raise
         remove(optional_in / name)
         return None
-
-
-def _shards(index: Path) -> list[str]:
-    """The shard files a `model.safetensors.index.json` names, each once, in order."""
-    data = read_json(index, what="the safetensors index")
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise UsageError(f"{index} has no weight_map", "the checkpoint's index is broken")
-    shards = list(dict.fromkeys(weight_map.values()))
-    for shard in shards:
-        if not isinstance(shard, str) or "/" in shard or not shard.endswith(".safetensors"):
-            raise UsageError(
-                f"{index} names the shard {shard!r}, not a .safetensors file beside it",
-                "only checkpoints whose shards sit beside their index are supported",
-            )
-    return shards

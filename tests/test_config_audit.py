@@ -22,7 +22,7 @@ from references import MIRRORS
 
 from bitnet_xtask.cpp.pins import GithubPin, SdistPin, load_pins
 from bitnet_xtask.crossval.audit import ConfigAudit, audit_config
-from bitnet_xtask.crossval.definitions import DEFINITIONS, GRAPH_CHOICES, Graph
+from bitnet_xtask.crossval.definitions import B158_ARCHS, DEFINITIONS, GRAPH_CHOICES, Graph
 from bitnet_xtask.crossval.engine_graphs import (
     BITNET_CPP,
     FACTS,
@@ -228,9 +228,14 @@ def test_every_fact_is_a_typed_graph_choice() -> None:
 
 
 def test_engine_graphs_differ_from_the_definitions_only_where_facts_say() -> None:
-    """SiLU for bitnet's relu^2, and 10000 as the RoPE base a file does not give."""
+    """SiLU for bitnet's relu^2, and 10000 as the RoPE base a file does not give. Neither
+    pinned engine has a graph for bitnet-b1.58 (`bitnet-25`): one is refused, not made up."""
     for arch, definition in DEFINITIONS.items():
         for engine in ("llama.cpp", "bitnet.cpp"):
+            if arch in B158_ARCHS:
+                with pytest.raises(UsageError, match=f"no facts are recorded about {engine}'s"):
+                    choose_graph(arch, engine)
+                continue
             graph = choose_graph(arch, engine).graph
             differ = {c for c in GRAPH_CHOICES if getattr(graph, c) != getattr(definition.graph, c)}
             expected = {"ffn_activation", "rope_freq_base_default"} if arch == "bitnet" else set()
@@ -367,11 +372,34 @@ def test_llama3_rope_scaling_is_compared_by_kind_when_the_factors_are_a_tensor(
 def test_an_architecture_without_a_definition_is_not_refused_as_another_model(
     tmp_path: Path,
 ) -> None:
-    """bitnet.cpp's GGUF of BitNet b1.58 2B-4T says `bitnet-b1.58`: the same model as a
-    bitnet config, an architecture the reference has no definition of yet."""
+    """A GGUF architecture the reference has no definition of is neither refused as
+    another model nor compared."""
     config = write_config(tmp_path, "bitnet")
-    audit = audit_config(config, _minimal_gguf(tmp_path / "b.gguf", "bitnet-b1.58"))
+    audit = audit_config(config, _minimal_gguf(tmp_path / "b.gguf", "bitnet-2027"))
     assert audit.findings == ()
-    assert audit.unchecked == ("the GGUF's architecture 'bitnet-b1.58' has no definition "
+    assert audit.unchecked == ("the GGUF's architecture 'bitnet-2027' has no definition "
                                "here: nothing compared",)  # fmt: skip
     audit.refuse()
+
+
+@pytest.mark.parametrize("arch", ["bitnet-b1.58", "bitnet-25"])
+def test_bitnet_b158_is_the_bitnet_family_with_quantized_activations(
+    tmp_path: Path, arch: str
+) -> None:
+    """A bitnet config matches a bitnet-b1.58 (or bitnet-25) GGUF as the same family; a
+    config without BitNet quantization is a model whose activations stay unquantized,
+    which the file's definition quantizes: a semantic finding, named."""
+    gguf = _minimal_gguf(tmp_path / "b.gguf", arch)
+    plain = audit_config(write_config(tmp_path, "bitnet"), gguf)
+    assert "architecture" not in {f.field for f in plain.findings}
+    (finding,) = [f for f in plain.semantic if f.field == "activation_quant"]
+    assert (finding.config_value, finding.other_value) == ("none", "int8_per_token")
+    quantized = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                 "quantization_mode": "online"}  # fmt: skip
+    config = write_config(tmp_path, "bitnet", quantization_config=quantized)
+    assert "activation_quant" not in {f.field for f in audit_config(config, gguf).findings}
+    normed = write_config(
+        tmp_path, "bitnet", quantization_config=quantized | {"use_rms_norm": True}
+    )
+    (extra,) = [f for f in audit_config(normed, gguf).semantic if f.field == "activation_quant"]
+    assert extra.config_value == "int8_per_token after an RMSNorm"

@@ -272,7 +272,7 @@ def test_choices_say_what_was_used_and_why(tmp_path: Path) -> None:
     assert used["rms_norm_eps"]["value"] == pytest.approx(1e-5)
     assert used["rms_norm_eps"]["from"] == "bitnet.attention.layer_norm_rms_epsilon in the file"
     assert used["rope_freq_base"] == {"value": 10000.0, "from": "bitnet.rope.freq_base in the file"}
-    assert used["activation_quantization"]["value"] == "none"
+    assert used["activation_quant"]["value"] == "none"
     engine = load_model(bitnet, graph="llama.cpp").choices()
     assert engine["ffn_activation"]["value"] == "silu"
     assert engine["ffn_activation"]["from"].startswith(
@@ -286,7 +286,7 @@ def test_choices_say_what_was_used_and_why(tmp_path: Path) -> None:
     assert "LlamaConfig.hidden_act default 'silu'" in llama["ffn_activation"]["from"]
     assert (llama["sub_norms"]["value"], llama["rope"]["value"]) == (False, "norm")
     assert llama["head_tensor"]["value"] == "token_embd.weight"
-    assert "activation_quantization" not in llama
+    assert llama["activation_quant"]["value"] == "none"
 
 
 def test_a_file_without_a_rope_base_takes_the_graphs_default(tmp_path: Path) -> None:
@@ -408,7 +408,7 @@ def rope_hparams(n_rot: int, head_dim: int, rope_type: RopeType) -> Hparams:
     ],
 )
 def test_rope_pairs(rope_type: RopeType, expected: list[float]) -> None:
-    cos, sin = rope_angles(rope_hparams(4, 4, rope_type), 2, None)
+    cos, sin = rope_angles(rope_hparams(4, 4, rope_type), np.arange(2), None)
     x = np.zeros((2, 1, 4))
     x[:, 0, 0] = 1.0
     out = rope(x, cos, sin, rope_type)
@@ -418,17 +418,17 @@ def test_rope_pairs(rope_type: RopeType, expected: list[float]) -> None:
 
 def test_rope_frequencies() -> None:
     hp = rope_hparams(4, 4, "norm")
-    cos, _ = rope_angles(hp, 3, None)
+    cos, _ = rope_angles(hp, np.arange(3), None)
     # theta[p, i] = p * base^(-2i/n_rot): pair 1 of a 4-wide rotation turns by p / 100.
     np.testing.assert_allclose(cos[:, 0, 1], np.cos([0.0, 0.01, 0.02]))
-    scaled, _ = rope_angles(replace(hp, rope_freq_scale=0.5), 3, None)
+    scaled, _ = rope_angles(replace(hp, rope_freq_scale=0.5), np.arange(3), None)
     np.testing.assert_allclose(scaled[2], cos[1])
-    divided, _ = rope_angles(hp, 3, np.array([1.0, 2.0], dtype=np.float32))
+    divided, _ = rope_angles(hp, np.arange(3), np.array([1.0, 2.0], dtype=np.float32))
     np.testing.assert_allclose(divided[2, 0, 1], cos[1, 0, 1])
 
 
 def test_partial_rope_leaves_the_rest_of_the_head() -> None:
-    cos, sin = rope_angles(rope_hparams(2, 4, "neox"), 3, None)
+    cos, sin = rope_angles(rope_hparams(2, 4, "neox"), np.arange(3), None)
     x = np.random.default_rng(0).standard_normal((3, 2, 4))
     out = rope(x, cos, sin, "neox")
     np.testing.assert_array_equal(out[..., 2:], x[..., 2:])

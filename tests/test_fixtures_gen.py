@@ -14,13 +14,14 @@ from pathlib import Path
 
 import gguf
 import numpy as np
+import numpy.typing as npt
 import pytest
 from gguf.quants import dequantize
 
 from bitnet_xtask import __version__
 from bitnet_xtask.fixtures import ARCHS, QUANTS, SIZES, FixtureSpec, generate_fixture
 from bitnet_xtask.fixtures.encode import encode
-from bitnet_xtask.fixtures.i2s import QK_I2_S, dequantize_i2_s, packed_nbytes, quantize_i2_s
+from bitnet_xtask.fixtures.i2s import QK_I2_S, packed_nbytes, quantize_i2_s, unpack_i2_s
 from bitnet_xtask.fixtures.spec import GGML_TYPES
 from bitnet_xtask.fixtures.vocab import SPACE, build_vocab
 from bitnet_xtask.fixtures.weights import Role, TensorPlan, tensor_values
@@ -35,6 +36,15 @@ def _sha256(path: Path) -> str:
 def _ternary(shape: tuple[int, ...], scale: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return (rng.integers(-1, 2, size=shape) * scale).astype(np.float32)
+
+
+def dequantize_i2_s(
+    raw: npt.NDArray[np.uint8] | bytes, shape: tuple[int, ...]
+) -> npt.NDArray[np.float32]:
+    """The weights an I2_S tensor holds: codes times the scale."""
+    codes, scale = unpack_i2_s(raw, shape)
+    values: npt.NDArray[np.float32] = codes.astype(np.float32) * scale
+    return values
 
 
 # --- determinism ----------------------------------------------------------------------

@@ -30,7 +30,7 @@ from bitnet_xtask.fixtures.sentencepiece_model import encode_model
 from bitnet_xtask.fixtures.spec import SIZES
 from bitnet_xtask.fixtures.twin import TwinResult, generate_twin
 from bitnet_xtask.fixtures.twin_check import check_gguf, expected_tensors
-from bitnet_xtask.fixtures.twin_spec import TWIN_QUANTS, TwinSpec, twin_layout
+from bitnet_xtask.fixtures.twin_spec import CONVERTER_FAMILIES, TWIN_QUANTS, TwinSpec, twin_layout
 from bitnet_xtask.fixtures.vocab import build_vocab
 
 HF_MODULES = ("torch", "transformers", "sentencepiece", "google.protobuf")
@@ -190,10 +190,10 @@ def llama_source(llama_bin: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def twins(llama_source: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, TwinResult]:
-    """Both tiny twins with every form, made once for the module."""
+    """Both converted tiny twins with every form, made once for the module."""
     output = tmp_path_factory.mktemp("twins")
     made = {}
-    for family in TWIN_QUANTS:
+    for family in CONVERTER_FAMILIES:
         started = time.perf_counter()
         made[family] = generate_twin(family, "tiny", (), 0, output, llama_source)
         print(f"{family} tiny twin: {time.perf_counter() - started:.1f} s")

@@ -254,9 +254,34 @@ def _file_rope_kind(gguf: _Gguf) -> tuple[Any, str]:
     return [kind, factor], source
 
 
+def _activation_quant(cfg: _Config) -> tuple[Any, str]:
+    """BitLinear's int8 activations when the config declares a bitnet quantization
+    (integrations/bitnet.py: BitLinear and AutoBitLinear both quantize), else none; with
+    `use_rms_norm` they first apply an RMSNorm of their own (:150-154, 187-188, 271-272),
+    which no definition here computes: a value of its own, so that it is a finding."""
+    quantization, source = cfg.get("quantization_config")
+    settings = quantization if isinstance(quantization, Mapping) else {}
+    method = settings.get("quant_method")
+    if method != "bitnet":
+        return "none", f"{source} quant_method {method!r}"
+    if settings.get("use_rms_norm"):
+        return "int8_per_token after an RMSNorm", f"{source} use_rms_norm true"
+    return "int8_per_token", f"{source} quant_method 'bitnet'"
+
+
+def _file_activation_quant(gguf: _Gguf) -> tuple[Any, str]:
+    definition = DEFINITIONS[gguf.arch]
+    return definition.graph.activation_quant, (
+        f"the definition of the GGUF's architecture {gguf.arch!r} (no GGUF key carries it)"
+    )
+
+
 def _semantics(cfg: _Config, gguf: _Gguf) -> Iterator[Finding]:
     """The choices that can differ while both files still run."""
     yield from _compare("ffn_activation", "semantic", _activation(cfg), _file_activation(gguf))
+    yield from _compare(
+        "activation_quant", "semantic", _activation_quant(cfg), _file_activation_quant(gguf)
+    )
     eps = gguf.key("attention.layer_norm_rms_epsilon")
     yield from _compare("rms_norm_eps", "semantic", cfg.get("rms_norm_eps"), eps)
     base = gguf.key("rope.freq_base")
@@ -368,15 +393,17 @@ def _engines(cfg: _Config, gguf: _Gguf, engines: Sequence[str]) -> tuple[list[Fi
 # --- the audit ------------------------------------------------------------------------
 
 
-def _definition(config: Mapping[str, Any]) -> Definition:
+def _definition(config: Mapping[str, Any], arch: object) -> Definition:
+    """The definition of the config's family for the GGUF's architecture `arch`, or the
+    family's first when it has none for `arch` (the audit then reports the mismatch)."""
     model_type = config.get("model_type")
-    definition = BY_MODEL_TYPE.get(model_type) if isinstance(model_type, str) else None
-    if definition is None:
+    family = BY_MODEL_TYPE.get(model_type, ()) if isinstance(model_type, str) else ()
+    if not family:
         raise UsageError(
             f"config.json model_type {model_type!r} is not a family crossval knows",
             f"the families are {', '.join(sorted(BY_MODEL_TYPE))}",
         )
-    return definition
+    return next((d for d in family if d.arch == arch), family[0])
 
 
 def audit_config(
@@ -390,10 +417,10 @@ def audit_config(
     directory, adds its tokenizer files. UsageError (exit 2) for a config of a family
     the reference has no definition of; the audit of a GGUF whose architecture differs
     from the config's family is that one shape finding."""
-    definition = _definition(config)
     arch = gguf.metadata("general.architecture")
+    definition = _definition(config, arch)
     cfg = _Config(config, definition)
-    if arch not in DEFINITIONS:  # e.g. bitnet.cpp's `bitnet-b1.58`: not refused, not compared
+    if arch not in DEFINITIONS:  # an architecture of no definition: not refused, not compared
         why = f"the GGUF's architecture {arch!r} has no definition here: nothing compared"
         return ConfigAudit(definition.model_type, str(arch), tuple(engines), (), (why,))
     if arch != definition.arch:

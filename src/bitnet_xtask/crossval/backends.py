@@ -152,9 +152,7 @@ class NumpyBackend:
 
     def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
         started = time.monotonic()
-        reference = self._model(model)
-        logits = reference.logits(tokens)
-        continuation = reference.greedy(tokens, n_predict) if n_predict else []
+        logits, continuation = self._model(model).evaluate(tokens, n_predict)
         workdir.mkdir(parents=True, exist_ok=True)
         path = workdir / "logits.npy"
         save_npy(path, np.ascontiguousarray(logits, dtype=np.float32))

@@ -36,7 +36,7 @@ What the converters carry and what they do not:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 Activation = Literal["silu", "relu2"]
@@ -45,6 +45,9 @@ RopeType = Literal["norm", "neox"]
 """RoPE on the file's Q/K: NORM pairs x[2i], x[2i+1]; NEOX pairs x[i], x[i + n_rot/2]."""
 HeadRule = Literal["output_else_token_embd", "token_embd"]
 """Which matrix maps the last hidden state to logits."""
+ActivationQuant = Literal["none", "int8_per_token"]
+"""What a projection does to its input first: nothing, or BitLinear's 8-bit absmax
+quantization per token (transformers' `ActQuant`, integrations/bitnet.py:223-239)."""
 
 TRANSFORMERS_VERSION = "5.24.0"
 """The transformers release every line number below was read from."""
@@ -63,6 +66,11 @@ class Graph:
     rope: RopeType
     head: HeadRule
     rope_freq_base_default: float  # when the file has no `<arch>.rope.freq_base`
+    activation_quant: ActivationQuant  # on the input of each of the seven projections
+
+    @property
+    def quantizes_activations(self) -> bool:
+        return self.activation_quant != "none"
 
 
 GRAPH_CHOICES = tuple(f.name for f in fields(Graph))
@@ -113,7 +121,7 @@ _SCALING_KEYS = "{arch}.rope.scaling.type, {arch}.rope.scaling.factor, rope_freq
 
 
 def _file_choices(arch: str, config_file: str, rope_base: str) -> dict[str, Choice]:
-    """The choices both architectures read from the file, each with its key."""
+    """The choices every architecture reads from the file, each with its key."""
     return {
         "rms_norm_eps": Choice(
             f"{config_file} rms_norm_eps, used by every RMSNorm",
@@ -154,7 +162,7 @@ LLAMA = Definition(
         "bos_token_id": 1,
         "eos_token_id": 2,
     },
-    graph=Graph("silu", False, "norm", "output_else_token_embd", 10000.0),
+    graph=Graph("silu", False, "norm", "output_else_token_embd", 10000.0, "none"),
     choices={
         "ffn_activation": Choice(
             "LlamaMLP.forward: down_proj(act_fn(gate_proj(x)) * up_proj(x)) "
@@ -188,6 +196,9 @@ LLAMA = Definition(
             None,
             "rope_parameters.rope_theta",
         ),
+        "activation_quant": Choice(
+            "none: the projections are nn.Linear (modeling_llama.py:158-160, 219-230)", None, None
+        ),
         **_file_choices(
             "llama",
             "configuration_llama.py:72",
@@ -219,7 +230,7 @@ BITNET = Definition(
         "bos_token_id": 128000,
         "eos_token_id": 128001,
     },
-    graph=Graph("relu2", True, "neox", "token_embd", 500000.0),
+    graph=Graph("relu2", True, "neox", "token_embd", 500000.0, "none"),
     choices={
         "ffn_activation": Choice(
             "BitNetMLP.forward: down_proj(ffn_sub_norm(act_fn(gate_proj(x)) * up_proj(x))) "
@@ -259,18 +270,73 @@ BITNET = Definition(
             "BitNetRotaryEmbedding inv_freq = "
             "1/base^(2i/d) (modeling_bitnet.py:299), base = rope_parameters.rope_theta",
         ),
-        "activation_quantization": Choice(
-            "BitLinear.activation_quant: int8 per token, absmax (integrations/bitnet.py:157-179), "
-            "only when the checkpoint declares quantization_config quant_method 'bitnet'; "
-            "the reference keeps activations in float64, engines quantize them their own way",
+        "activation_quant": Choice(
+            "none: without a quantization_config the projections are nn.Linear "
+            "(modeling_bitnet.py:70-72, 165-176); the `bitnet` GGUF architecture is the 2024 "
+            "1bitLLM layout, whose transformers checkpoints declare none",
             None,
             "quantization_config",
         ),
     },
 )
 
-DEFINITIONS: Mapping[str, Definition] = {d.arch: d for d in (LLAMA, BITNET)}
+
+def _bitnet_b158(arch: str) -> Definition:
+    """BitNet b1.58 2B-4T's architecture: BitNetForCausalLM with the BitLinear quantization
+    its checkpoints declare, under the GGUF name microsoft/BitNet's converter writes
+    (`bitnet-b1.58`; files of early 2025 say `bitnet-25`)."""
+    return replace(
+        BITNET,
+        arch=arch,
+        graph=Graph("relu2", True, "neox", "output_else_token_embd", 500000.0, "int8_per_token"),
+        choices={
+            **BITNET.choices,
+            "rope": Choice(
+                "rotate_half (modeling_bitnet.py:81-85) on the checkpoint's q/k, which "
+                "microsoft/BitNet's converter does not permute (utils/convert-hf-to-gguf-"
+                "bitnet.py BitnetModel.modify_tensors): NEOX on the file",
+                None,
+                None,
+            ),
+            "head": Choice(
+                "BitNetForCausalLM.lm_head (modeling_bitnet.py:416), tied to embed_tokens when "
+                "tie_word_embeddings (:407), as 2B-4T's config is; microsoft/BitNet's converter "
+                "writes lm_head.weight as output.weight when the checkpoint has one "
+                "(utils/convert-hf-to-gguf-bitnet.py BitnetModel.modify_tensors, map_tensor_name)",
+                "presence of the output.weight tensor",
+                "tie_word_embeddings",
+            ),
+            "activation_quant": Choice(
+                "BitLinear / AutoBitLinear, which replace every projection but lm_head when the "
+                "checkpoint declares quantization_config quant_method 'bitnet' "
+                "(integrations/bitnet.py:285-330; quantizers/base.py:42-59 keeps the output "
+                "embedding), quantize their input per token: scale = 127 / max|x| (clamped to "
+                "1e-5), round, clamp to [-128, 127] (integrations/bitnet.py:157-179, 223-239); "
+                "the weights are the file's ternary values times their scale, as "
+                "WeightQuant made them (:200-215)",
+                None,
+                "quantization_config",
+            ),
+            **_file_choices(
+                arch,
+                "configuration_bitnet.py:52",
+                "BitNetRotaryEmbedding inv_freq = "
+                "1/base^(2i/d) (modeling_bitnet.py:299), base = rope_parameters.rope_theta",
+            ),
+        },
+    )
+
+
+BITNET_B158 = _bitnet_b158("bitnet-b1.58")
+BITNET_25 = _bitnet_b158("bitnet-25")
+B158_ARCHS = (BITNET_B158.arch, BITNET_25.arch)
+"""BitNet b1.58 2B-4T's two GGUF names."""
+
+DEFINITIONS: Mapping[str, Definition] = {d.arch: d for d in (LLAMA, BITNET, BITNET_B158, BITNET_25)}
 """The architectures the reference implements, by GGUF `general.architecture`."""
 
-BY_MODEL_TYPE: Mapping[str, Definition] = {d.model_type: d for d in DEFINITIONS.values()}
-"""The same, by config.json `model_type`."""
+BY_MODEL_TYPE: Mapping[str, tuple[Definition, ...]] = {
+    model_type: tuple(d for d in DEFINITIONS.values() if d.model_type == model_type)
+    for model_type in dict.fromkeys(d.model_type for d in DEFINITIONS.values())
+}
+"""The same, by config.json `model_type`: `bitnet` is the family of three architectures."""

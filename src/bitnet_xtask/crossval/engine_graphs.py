@@ -15,13 +15,17 @@ Read for this table:
 - microsoft/BitNet c82b5e66's `3rdparty/llama.cpp`, Eddie-Wang1120/llama.cpp 406a5036
   (`src/llama.cpp`, 2024-10-18), which has one BitNet graph, `build_bitnet`, with SiLU;
 - a later revision of that fork, 13e129947db4, which adds the architectures
-  `bitnet-b1.58` and `bitnet-25` with a squared-ReLU graph, `build_bitnet_158`, and
-  keeps `bitnet` on SiLU. It is not one of the submodule commits microsoft/BitNet's
-  history pins (a8ac7072 for `bitnet2b_2501` in 2025-03 through 355c0c4d in 2026-07;
-  from 2026-07-15 the submodule is isHuangXin/llama.cpp 390c3077): none of those are
-  in the mirror read here, so which of them have `build_bitnet_158` is not known. Its
-  source was read from a code index that serves the file by character, not by line:
-  the facts give the function and the characters instead of a line number.
+  `bitnet-b1.58` and `bitnet-25` (one loader and one graph, `build_bitnet_158`, with
+  squared ReLU; `bitnet` stays on SiLU). Its loader accepts an `output.weight` but its
+  graph ignores it: the head is always `tok_embd`. No main-line microsoft/BitNet commit
+  pins it (a8ac7072 for `bitnet2b_2501` in 2025-03 through 355c0c4d in 2026-07; from
+  2026-07-15 the submodule is isHuangXin/llama.cpp 390c3077); two pull-request commits
+  do (c8f931e1, refs/pull/558, and 6d186cb9, refs/pull/562, 2026-05). None of those pins
+  is in the mirror read here. Its source was read from a code index that serves the file
+  by character, not by line: the facts give the function and the characters instead of a
+  line number. Upstream llama.cpp 0c1e57098 knows neither name (src/llama-arch.cpp:88
+  has only `bitnet`), and its ggml type 36 is unused and its file type 40 is Q1_0: it
+  cannot load these files.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from bitnet_xtask.crossval.definitions import DEFINITIONS, GRAPH_CHOICES, Graph
+from bitnet_xtask.crossval.definitions import B158_ARCHS, DEFINITIONS, GRAPH_CHOICES, Graph
 from bitnet_xtask.errors import UsageError
 
 GraphName = Literal["definition", "llama.cpp", "bitnet.cpp"]
@@ -48,16 +52,25 @@ class Engine:
     revision: str  # the commit of the tree holding the graph code
     tree: str  # where that tree comes from, in words
     pinned: bool  # the revision cpp/pins.json builds
+    unknown_archs: tuple[str, ...] = ()  # architectures of `definitions` it cannot load
+    unknown_source: str = ""  # where its list of architectures was read
 
 
 LLAMA_CPP = Engine(
-    "llama.cpp", "0c1e57098", "ggml-org/llama.cpp 0c1e57098 (llama-cpp-python 0.3.36)", True
+    "llama.cpp",
+    "0c1e57098",
+    "ggml-org/llama.cpp 0c1e57098 (llama-cpp-python 0.3.36)",
+    True,
+    B158_ARCHS,
+    "src/llama-arch.cpp:88 (LLM_ARCH_NAMES has `bitnet` only)",
 )
 BITNET_CPP = Engine(
     "bitnet.cpp",
     "406a5036f9a8aaee9ec5e96e652f61691340fe95",
     "Eddie-Wang1120/llama.cpp 406a5036, microsoft/BitNet c82b5e66 3rdparty/llama.cpp",
     True,
+    B158_ARCHS,
+    "src/llama.cpp:206, 259 (LLM_ARCH_BITNET, `bitnet`, is its only BitNet architecture)",
 )
 BITNET_FORK_LATER = Engine(
     "bitnet.cpp",
@@ -164,14 +177,22 @@ FACTS: tuple[GraphFact, ...] = (
     }),
     *(
         fact
-        for arch in ("bitnet-b1.58", "bitnet-25")
+        for arch in B158_ARCHS
         for fact in _facts(BITNET_FORK_LATER, arch, {
             "ffn_activation": ("relu2", "src/llama.cpp build_bitnet_158 (characters "
                                "700,000-716,000), dispatched for LLM_ARCH_BITNET_B158 and "
                                "LLM_ARCH_BITNET_25 (characters 756,000-772,000)",
                                "llm_build_ffn(..., LLM_FFN_RELU_SQR, LLM_FFN_PAR, cb, il)"),
-            "head": ("token_embd", "src/llama.cpp build_bitnet_158",
+            "head": ("token_embd", "src/llama.cpp build_bitnet_158 (characters "
+                     "700,000-716,000); output.weight is TENSOR_NOT_REQUIRED in the loader "
+                     "(characters 405,000-421,000) and unused",
                      "cur = llm_build_lora_mm(lctx, ctx0, model.tok_embd, cur)"),
+            "sub_norms": (True, "src/llama.cpp build_bitnet_158 (characters 700,000-716,000)",
+                          "llm_build_norm(attn_sub_norm) before wo; llm_build_norm("
+                          "ffn_sub_norm) before ffn_down"),
+            "rope": ("neox", "src/llama.cpp llama_rope_type (characters 884,000-900,000)",
+                     "case LLM_ARCH_BITNET_B158: case LLM_ARCH_BITNET_25: ... return "
+                     "LLAMA_ROPE_TYPE_NEOX"),
         })
     ),
 )  # fmt: skip
@@ -188,6 +209,18 @@ def pinned(engine: str) -> Engine:
     raise UsageError(
         f"no engine-graph facts for engine {engine!r}",
         f"facts are recorded for {', '.join(sorted({e.name for e in ENGINES}))}",
+    )
+
+
+def cannot_load(engine: str, arch: str) -> str | None:
+    """Why the pinned `engine` cannot load a GGUF of architecture `arch`, or None when it
+    can (as far as was read: an architecture outside `definitions` is not checked)."""
+    pin = pinned(engine)
+    if arch not in pin.unknown_archs:
+        return None
+    return (
+        f"the pinned {engine} ({pin.revision[:9]}) does not know the architecture {arch!r} "
+        f"({pin.unknown_source})"
     )
 
 

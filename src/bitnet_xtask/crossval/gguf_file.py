@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -78,8 +80,9 @@ def tensor_nbytes(shape: tuple[int, ...], type_id: int) -> int | None:
     if type_id == I2_S_TYPE_ID:
         from bitnet_xtask.fixtures.i2s import QK_I2_S, packed_nbytes
 
-        if n_elements % QK_I2_S:
-            raise ValueError(f"{n_elements} weights are not whole I2_S blocks of {QK_I2_S}")
+        width = shape[-1] if shape else 1
+        if width % QK_I2_S:  # the kernel reads row r at byte r * ne0 / 4
+            raise ValueError(f"rows of {width} are not whole I2_S blocks of {QK_I2_S}")
         return packed_nbytes(n_elements)
     try:
         qtype = GGMLQuantizationType(type_id)
@@ -203,6 +206,7 @@ class GGUFFile(GGUFReader):
             info = TensorInfo(name, shape, int(raw_type[0]), start_offs + int(offset[0]))
             self._check_extent(info)
             infos[name] = info
+        self._check_disjoint(infos.values())
         self.tensor_infos = infos
 
     def _check_extent(self, info: TensorInfo) -> None:
@@ -217,6 +221,22 @@ class GGUFFile(GGUFReader):
             raise self._error(
                 f"truncated at byte {self.size}: tensor {info.name} runs past the end of the "
                 f"file (its data is bytes {info.offset} to {end})"
+            )
+
+    def _check_disjoint(self, infos: Iterable[TensorInfo]) -> None:
+        """Each tensor's data ends before the next one's starts: a GGUF stores no sizes,
+        so a tensor written with the wrong size (an I2_S tensor without its 32-byte scale
+        block) shows as one running into the next."""
+        ordered = sorted(infos, key=lambda info: info.offset)
+        for info, following in pairwise(ordered):
+            nbytes = tensor_nbytes(info.shape, info.type_id)
+            if nbytes is None or info.offset + nbytes <= following.offset:
+                continue
+            rule = " (n/4 + 32 for I2_S)" if info.type_id == I2_S_TYPE_ID else ""
+            raise self._error(
+                f"tensor {info.name} of shape {info.shape} needs {nbytes} bytes{rule}, but "
+                f"the next tensor, {following.name}, starts "
+                f"{following.offset - info.offset} bytes after it"
             )
 
     # --- what callers use -----------------------------------------------------------------

@@ -169,6 +169,44 @@ def _build(ref: str, jobs: int | None, reporter: Reporter) -> str:
     return f"cpp:{result.directory}"
 
 
+def _engine(
+    request: FullCrossvalRequest, ref: str, model: Path | None, reporter: Reporter
+) -> str | None:
+    """Step `fetch-cpp`: the cpp backend spec, or None when the pinned engine cannot load
+    the model's architecture (BitNet b1.58 2B-4T's `bitnet-b1.58`: no pinned engine
+    knows it) and no prebuilt one is named (`XTASK_CPP_PREFIX_*`): nothing is built. The
+    definition and the NumPy reference then compare alone, with any --backend given;
+    with neither a checkpoint nor a --backend there is nothing to compare, exit 2."""
+    prebuilt = os.environ.get(prefix_variable(ref))
+    why = None if model is None or prebuilt else _cannot_load(ref, model)
+    if why is None:
+        return _build(ref, request.jobs, reporter)
+    engine = (
+        "git clone --recursive https://github.com/microsoft/BitNet && xtask fetch-cpp "
+        "--ref bitnet.cpp --source BitNet, then --backend cpp:bitnet.cpp-local-cpu"
+    )
+    if not (request.has_checkpoint or request.backends):
+        raise UsageError(
+            f"{model}: {why}, so there is nothing to compare the NumPy reference with",
+            f"add the model's checkpoint (--hf-id or --hf), or an engine that loads it: {engine}",
+        )
+    reporter.info(f"fetch-cpp skipped: {why}; nothing is built (an engine that loads it: "
+                  f"{engine})")  # fmt: skip
+    return None
+
+
+def _present(spec: str | None) -> tuple[str, ...]:
+    return () if spec is None else (spec,)
+
+
+def _cannot_load(ref: str, model: Path) -> str | None:
+    from bitnet_xtask.crossval.engine_graphs import cannot_load
+    from bitnet_xtask.crossval.gguf_file import GGUFFile
+
+    arch = GGUFFile(model).metadata("general.architecture")
+    return cannot_load(ref, arch) if isinstance(arch, str) else None
+
+
 def _checkpoint(request: FullCrossvalRequest, reporter: Reporter) -> Checkpoint:
     """The local checkpoint, or the one --hf-id names fetched (files already here are
     revalidated); read and checked either way (exit 2 for one crossval cannot run)."""
@@ -229,7 +267,7 @@ def run_full_crossval(
         checkpoint = steps.run("checkpoint", lambda: _checkpoint(request, reporter),
                                f"check {where}")  # fmt: skip
     model = _model(request, steps)
-    cpp = steps.run("fetch-cpp", lambda: _build(ref, request.jobs, reporter),
+    cpp = steps.run("fetch-cpp", lambda: _engine(request, ref, model, reporter),
                     f"retry, or build it alone: xtask fetch-cpp --ref {ref}")  # fmt: skip
     if model is None:
         assert checkpoint is not None  # no model step: the GGUF comes from the checkpoint
@@ -239,7 +277,7 @@ def run_full_crossval(
     definition = () if checkpoint is None else (f"hf:{checkpoint.directory}",)
     crossval = CrossvalRequest(
         models=(model,),
-        backends=(*definition, *(request.backends or (cpp, "numpy"))),
+        backends=(*definition, *(request.backends or (*_present(cpp), "numpy"))),
         prompts=request.prompts,
         n_predict=request.n_predict,
         profile=request.profile,

@@ -1,12 +1,13 @@
-"""The reference forward pass: the `llama` and `bitnet` model definitions, in NumPy.
+"""The reference forward pass: the model definitions of `definitions`, in NumPy.
 
 crossval compares engines against this module, so it is written to be read, as the
-executable specification of the two architectures: one small function per step, no KV
-cache (every call runs the whole sequence), nothing fused. It follows each model's
-definition, its Hugging Face transformers implementation (`definitions`: the modeling
-file, the classes, the config fields, and which GGUF key carries each choice), applied
-to the tensors of the GGUF file as they are (llama.cpp's converter permutes a llama
-checkpoint's Q/K rows for its RoPE, which is why the file's RoPE is NORM).
+executable specification of the architectures: one small function per step, nothing
+fused; the only state is the KV cache of incremental decoding (`KVCache`), one separate
+step. It follows each model's definition, its Hugging Face transformers implementation
+(`definitions`: the modeling file, the classes, the config fields, and which GGUF key
+carries each choice), applied to the tensors of the GGUF file as they are (llama.cpp's
+converter permutes a llama checkpoint's Q/K rows for its RoPE, which is why the file's
+RoPE is NORM).
 
 - llama (LlamaForCausalLM): x += W_o attn(rope(W_q h), rope(W_k h), W_v h) with
   h = rmsnorm(x); x += W_down (act(W_gate h) * W_up h) with h = rmsnorm(x), act = SiLU;
@@ -17,23 +18,28 @@ checkpoint's Q/K rows for its RoPE, which is why the file's RoPE is NORM).
   says so (upstream's converter writes none), so it is the definition of the family
   the file claims. RoPE is NEOX on the file; the head is always `token_embd.weight`.
   Each projection may have a one-element `*.scale` tensor that multiplies its output.
+- bitnet-b1.58 and bitnet-25 (BitNet b1.58 2B-4T, as microsoft/BitNet's converter names
+  it): bitnet's graph with the BitLinear quantization its checkpoints declare: every
+  projection's input is quantized to int8 per token (`bitlinear`), the weights are the
+  file's ternary values times their scale, and the head is `output.weight` when the file
+  has one, else the embeddings (2B-4T is tied).
 
-Where llama.cpp's graph differs from the definition, `engine_graphs` records it with
+Where an engine's graph differs from the definition, `engine_graphs` records it with
 its source line: llama.cpp's and bitnet.cpp's `bitnet` graphs compute SiLU
 (src/models/bitnet.cpp:132 at 0c1e57098), and a file without a RoPE base gets 10000
 from every engine where BitNetConfig's default is 500000. `load_model(..., graph="llama.cpp")` runs
 that graph instead: the same forward pass with the engine's recorded facts in place of
 the definition's choices, named as such in `ReferenceModel.choices()`; never the default.
 
-Precision: weights are dequantized to float32 (exactly, as ggml's own dequantization
-does), activations are float64 (not quantized to 8 bits, as transformers' BitLinear
-does for checkpoints that declare a bitnet quantization_config), and the logits come
+Precision: weights are exactly what the file holds (ggml's own dequantization, or
+ternary codes and their scale), activations are float64, quantized to int8 where the
+definition quantizes them (the integer products then are exact), and the logits come
 back as float32, llama.cpp's output type. An engine differs from this by its own
 rounding (an f16 KV cache, activations quantized inside quantized matrix products),
-which crossval's tolerance profiles account for. Weights are dequantized from the
+which crossval's tolerance profiles account for. Weights are read from the
 memory-mapped file when a step first needs them and kept up to a budget
-(DEFAULT_WEIGHT_CACHE_BYTES), so a small model is dequantized once and a large one
-still runs, re-reading what did not fit.
+(DEFAULT_WEIGHT_CACHE_BYTES; `reference_weights` is the memory plan), so a small model
+is read once and a large one still runs, re-reading what did not fit.
 """
 
 from __future__ import annotations
@@ -46,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from bitnet_xtask.crossval.definitions import (
     DEFINITIONS,
@@ -56,62 +61,24 @@ from bitnet_xtask.crossval.definitions import (
     RopeType,
 )
 from bitnet_xtask.crossval.engine_graphs import ChosenGraph, GraphName, choose_graph
-from bitnet_xtask.crossval.gguf_file import I2_S_TYPE_ID, GGUFFile, TensorInfo
-from bitnet_xtask.errors import XtaskError
+from bitnet_xtask.crossval.gguf_file import GGUFFile
+from bitnet_xtask.crossval.reference_weights import (
+    Matrix,
+    ReferenceFile,
+    Ternary,
+    WeightStore,
+)
+from bitnet_xtask.errors import UsageError, XtaskError
 
 Floats = npt.NDArray[np.float64]
 Logits = npt.NDArray[np.float32]
 
 DEFAULT_WEIGHT_CACHE_BYTES = 2 << 30
-"""How many bytes of dequantized float32 weights a model keeps between steps and calls."""
+"""How many bytes of weights (float32, or int8 ternary codes) a model keeps between steps
+and calls: 2 GiB holds BitNet b1.58 2B-4T's 2.08 G ternary codes."""
 
 PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 """The per-layer matrices; each may come with a one-element `blk.N.<name>.scale`."""
-
-
-# --- the file -------------------------------------------------------------------------
-
-
-class ReferenceFile(GGUFFile):
-    """The model file as the reference reads it: the bounded header (`gguf_file`), and
-    each tensor dequantized to float32."""
-
-    def dequantize(self, name: str) -> npt.NDArray[np.float32]:
-        """Tensor `name` as float32 in NumPy order, whatever its type in the file."""
-        info = self.tensor_infos[name]
-        n_elements = math.prod(info.shape)
-        if info.type_id == I2_S_TYPE_ID:
-            from bitnet_xtask.fixtures.i2s import dequantize_i2_s, packed_nbytes
-
-            return dequantize_i2_s(self._bytes(info, packed_nbytes(n_elements)), info.shape)
-        try:
-            qtype = GGMLQuantizationType(info.type_id)
-        except ValueError:
-            raise XtaskError(
-                f"tensor {name} has ggml type id {info.type_id}, which the reference cannot read",
-                hint="the reference reads the types gguf-py knows, and bitnet.cpp's i2_s",
-            ) from None
-        block_size, type_size = GGML_QUANT_SIZES[qtype]
-        raw = self._bytes(info, n_elements // block_size * type_size)
-        try:
-            values = quants.dequantize(
-                raw.reshape(-1, info.shape[-1] // block_size * type_size), qtype
-            )
-        except NotImplementedError:
-            raise XtaskError(
-                f"tensor {name} is {qtype.name}, which gguf-py cannot dequantize",
-                hint="requantize the model to f32, f16, q8_0, q4_0, tq1_0, tq2_0 or i2_s",
-            ) from None
-        return np.asarray(values, dtype=np.float32).reshape(info.shape)
-
-    def _bytes(self, info: TensorInfo, n_bytes: int) -> npt.NDArray[np.uint8]:
-        raw: npt.NDArray[np.uint8] = self.data[info.offset : info.offset + n_bytes]
-        if raw.size != n_bytes:
-            raise XtaskError(
-                f"tensor {info.name} runs past the end of the file",
-                hint="the file is truncated: download it again",
-            )
-        return raw
 
 
 # --- hyperparameters ------------------------------------------------------------------
@@ -137,10 +104,10 @@ class Hparams:
     rms_eps: float
 
 
-def _unsupported(path: Path, what: str) -> XtaskError:
-    return XtaskError(
+def _unsupported(path: Path, what: str) -> UsageError:
+    return UsageError(
         f"{path}: {what}",
-        hint="the reference implements the llama and bitnet model definitions",
+        hint=f"the reference implements the model definitions of {', '.join(DEFINITIONS)}",
     )
 
 
@@ -263,13 +230,15 @@ def tensor_shapes(hp: Hparams) -> tuple[dict[str, tuple[int, ...]], dict[str, tu
     A matrix is (out, in): y = x @ W.T, which is ggml_mul_mat(W, x).
     """
     q_dim, kv_dim = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    graph = DEFINITIONS[hp.arch].graph
     required: dict[str, tuple[int, ...]] = {
         "token_embd.weight": (hp.n_vocab, hp.n_embd),
         "output_norm.weight": (hp.n_embd,),
     }
     optional: dict[str, tuple[int, ...]] = {}
-    if hp.arch == "llama":
+    if graph.head == "output_else_token_embd":
         optional["output.weight"] = (hp.n_vocab, hp.n_embd)
+    if hp.arch == "llama":
         optional["rope_freqs.weight"] = (hp.n_rot // 2,)  # llama 3's per-frequency divisors
     for il in range(hp.n_layer):
         blk = f"blk.{il}."
@@ -286,7 +255,7 @@ def tensor_shapes(hp: Hparams) -> tuple[dict[str, tuple[int, ...]], dict[str, tu
         optional.update({f"{blk}{m}.scale": (1,) for m in PROJECTIONS})
         required[f"{blk}attn_norm.weight"] = (hp.n_embd,)
         required[f"{blk}ffn_norm.weight"] = (hp.n_embd,)
-        if hp.arch == "bitnet":
+        if graph.sub_norms:
             required[f"{blk}attn_sub_norm.weight"] = (q_dim,)
             required[f"{blk}ffn_sub_norm.weight"] = (hp.n_ff,)
     return required, optional
@@ -317,13 +286,43 @@ def rms_norm(x: Floats, weight: npt.NDArray[np.float32], eps: float) -> Floats:
     return normed * weight.astype(np.float64)
 
 
-def linear(x: Floats, weight: npt.NDArray[np.float32]) -> Floats:
+def linear(x: Floats, weight: Matrix) -> Floats:
     """x @ W.T, which is ggml_mul_mat(W, x) for W of shape (out, in).
 
     The explicit cast to float64 keeps NumPy on BLAS (a mixed-type product is ~6x slower).
     """
-    y: Floats = x @ weight.astype(np.float64).T
-    return y
+    if isinstance(weight, Ternary):
+        y: Floats = (x @ weight.codes.astype(np.float64).T) * weight.scale
+        return y
+    product: Floats = x @ weight.astype(np.float64).T
+    return product
+
+
+def quantize_activations(x: Floats) -> tuple[Floats, Floats]:
+    """BitLinear's input quantization, per token (row): q = clamp(round(x * s), -128, 127)
+    with s = 127 / max|x| (max|x| clamped to 1e-5): transformers' `ActQuant.forward` and
+    `BitLinear.activation_quant` (integrations/bitnet.py:233-238, 174-178). Returns the
+    integers q (as floats) and s per row, shape (n, 1); x is about q / s. NumPy's round,
+    like torch's, rounds halves to even."""
+    scale: Floats = 127.0 / np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-5)
+    q: Floats = np.clip(np.round(x * scale), -128.0, 127.0)
+    return q, scale
+
+
+def bitlinear(x: Floats, weight: Matrix) -> Floats:
+    """A BitLinear projection: int8 activations (`quantize_activations`) times the weights,
+    (q @ W.T) / s, which is transformers' F.linear(ActQuant(x), W) (integrations/bitnet.py
+    :269-281). For a ternary W the integer product q @ codes.T is computed in float32,
+    exactly: every partial sum is a whole number of magnitude at most 128 * 2 * width,
+    below 2**24 for rows narrower than 65536, so one matrix is widened to 4 bytes a
+    weight, not 8 (wider rows take the float64 path).
+    """
+    q, scale = quantize_activations(x)
+    if isinstance(weight, Ternary) and weight.shape[-1] < 65536:
+        product = q.astype(np.float32) @ weight.codes.astype(np.float32).T
+        y: Floats = product.astype(np.float64) * (weight.scale / scale)
+        return y
+    return linear(q, weight) / scale
 
 
 def silu(x: Floats) -> Floats:
@@ -343,9 +342,10 @@ ACTIVATIONS: dict[Activation, Callable[[Floats], Floats]] = {"silu": silu, "relu
 
 
 def rope_angles(
-    hp: Hparams, n_pos: int, freq_factors: npt.NDArray[np.float32] | None
+    hp: Hparams, positions: npt.NDArray[np.int64], freq_factors: npt.NDArray[np.float32] | None
 ) -> tuple[Floats, Floats]:
-    """cos and sin of theta[p, i] = p * freq_scale * base^(-2i/n_rot) / freq_factors[i].
+    """cos and sin of theta[p, i] = p * freq_scale * base^(-2i/n_rot) / freq_factors[i]
+    for each position p of `positions`.
 
     Shapes (n_pos, 1, n_rot/2), to broadcast over heads. ggml_rope_cache_init computes
     the same angles (in float32, iteratively); YaRN's ext_factor is 0 for linear scaling.
@@ -353,7 +353,7 @@ def rope_angles(
     inv_freq = hp.rope_freq_base ** (-np.arange(0, hp.n_rot, 2, dtype=np.float64) / hp.n_rot)
     if freq_factors is not None:
         inv_freq = inv_freq / freq_factors
-    theta = np.arange(n_pos, dtype=np.float64)[:, None] * (hp.rope_freq_scale * inv_freq)
+    theta = positions.astype(np.float64)[:, None] * (hp.rope_freq_scale * inv_freq)
     return np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
 
 
@@ -377,29 +377,55 @@ def rope(x: Floats, cos: Floats, sin: Floats, rope_type: RopeType) -> Floats:
 def causal_attention(q: Floats, k: Floats, v: Floats, kq_scale: float) -> Floats:
     """softmax(q k^T * scale + causal mask) v, with grouped-query heads.
 
-    q: (n_pos, n_head, d); k, v: (n_pos, n_head_kv, d). Query head h reads KV head
-    h // (n_head / n_head_kv), as ggml's broadcasting mul_mat and flash attention do.
-    Returns (n_pos, n_head * d).
+    q: (n_new, n_head, d), the last n_new positions; k, v: (n_pos, n_head_kv, d), every
+    position so far (n_pos >= n_new): query i is position n_pos - n_new + i and sees keys
+    0 to that position. Query head h reads KV head h // (n_head / n_head_kv), as ggml's
+    broadcasting mul_mat and flash attention do. Returns (n_new, n_head * d).
     """
-    n_pos, n_head, head_dim = q.shape
+    n_new, n_head, head_dim = q.shape
+    n_pos = k.shape[0]
     group = n_head // k.shape[1]
     k = np.repeat(k, group, axis=1).transpose(1, 2, 0)  # (n_head, d, n_pos)
     v = np.repeat(v, group, axis=1).transpose(1, 0, 2)  # (n_head, n_pos, d)
-    scores = (q.transpose(1, 0, 2) @ k) * kq_scale  # (n_head, n_pos, n_pos)
-    future = np.triu(np.ones((n_pos, n_pos), dtype=bool), k=1)
+    scores = (q.transpose(1, 0, 2) @ k) * kq_scale  # (n_head, n_new, n_pos)
+    future = np.triu(np.ones((n_new, n_pos), dtype=bool), k=n_pos - n_new + 1)
     scores[:, future] = -np.inf
     weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
     weights /= weights.sum(axis=-1, keepdims=True)
-    out: Floats = (weights @ v).transpose(1, 0, 2).reshape(n_pos, n_head * head_dim)
+    out: Floats = (weights @ v).transpose(1, 0, 2).reshape(n_new, n_head * head_dim)
     return out
+
+
+@dataclass
+class KVCache:
+    """The keys (after RoPE) and values of every position evaluated so far, per layer:
+    what incremental decoding keeps, so that a new token costs one position, not all."""
+
+    keys: list[Floats]
+    values: list[Floats]
+
+    @classmethod
+    def empty(cls, hp: Hparams) -> KVCache:
+        none = np.zeros((0, hp.n_head_kv, hp.head_dim))
+        return cls([none] * hp.n_layer, [none] * hp.n_layer)
+
+    @property
+    def n_pos(self) -> int:
+        return int(self.keys[0].shape[0])
+
+    def append(self, layer: int, k: Floats, v: Floats) -> tuple[Floats, Floats]:
+        """Add the new positions' k and v to `layer`; returns all of its keys and values."""
+        self.keys[layer] = np.concatenate([self.keys[layer], k])
+        self.values[layer] = np.concatenate([self.values[layer], v])
+        return self.keys[layer], self.values[layer]
 
 
 # --- the model ------------------------------------------------------------------------
 
 
 class ReferenceModel:
-    """A llama or bitnet GGUF, evaluated by the reference forward pass of `chosen`'s
-    graph (the model's definition unless an engine graph was asked for)."""
+    """A GGUF of one of the `definitions`, evaluated by the reference forward pass of
+    `chosen`'s graph (the model's definition unless an engine graph was asked for)."""
 
     def __init__(
         self,
@@ -411,53 +437,49 @@ class ReferenceModel:
         self.gguf = gguf
         self.hparams = hparams
         self.chosen = chosen or choose_graph(hparams.arch)
-        self._cache: dict[str, npt.NDArray[np.float32]] = {}
-        self._cache_room = weight_cache_bytes
+        quantized = self.graph.quantizes_activations
+        self.weights = WeightStore(gguf, weight_cache_bytes, ternary=quantized)
+        self._product = bitlinear if quantized else linear
 
     @property
     def graph(self) -> Graph:
         return self.chosen.graph
 
-    def _weight(self, name: str) -> npt.NDArray[np.float32]:
-        """A tensor as float32, dequantized once while the cache has room for it."""
-        if name in self._cache:
-            return self._cache[name]
-        weight = self.gguf.dequantize(name)
-        if weight.nbytes <= self._cache_room:
-            self._cache[name] = weight
-            self._cache_room -= weight.nbytes
-        return weight
-
     def _project(self, x: Floats, layer: int, matrix: str) -> Floats:
-        """x @ W.T for blk.<layer>.<matrix>, times its scale tensor when the file has one."""
-        y = linear(x, self._weight(f"blk.{layer}.{matrix}.weight"))
+        """The projection blk.<layer>.<matrix> of x (`linear`, or `bitlinear` when the
+        graph quantizes activations), times its scale tensor when the file has one."""
+        y = self._product(x, self.weights.matrix(f"blk.{layer}.{matrix}.weight"))
         scale = f"blk.{layer}.{matrix}.scale"
         if scale in self.gguf.tensor_infos:
-            y = y * self._weight(scale)[0]
+            y = y * self.weights.array(scale)[0]
         return y
 
-    def _attention(self, x: Floats, layer: int, cos: Floats, sin: Floats) -> Floats:
-        """The attention block's contribution to the residual stream."""
+    def _norm(self, x: Floats, name: str) -> Floats:
+        return rms_norm(x, self.weights.array(name), self.hparams.rms_eps)
+
+    def _attention(self, x: Floats, layer: int, rope: Rope, cache: KVCache) -> Floats:
+        """The attention block's contribution to the residual stream of the new positions
+        x; their keys and values join `cache`."""
         hp = self.hparams
-        h = rms_norm(x, self._weight(f"blk.{layer}.attn_norm.weight"), hp.rms_eps)
-        n_pos = x.shape[0]
-        q = self._project(h, layer, "attn_q").reshape(n_pos, hp.n_head, hp.head_dim)
-        k = self._project(h, layer, "attn_k").reshape(n_pos, hp.n_head_kv, hp.head_dim)
-        v = self._project(h, layer, "attn_v").reshape(n_pos, hp.n_head_kv, hp.head_dim)
-        q, k = rope(q, cos, sin, hp.rope_type), rope(k, cos, sin, hp.rope_type)
-        a = causal_attention(q, k, v, 1.0 / math.sqrt(hp.head_dim))
+        h = self._norm(x, f"blk.{layer}.attn_norm.weight")
+        n_new = x.shape[0]
+        q = self._project(h, layer, "attn_q").reshape(n_new, hp.n_head, hp.head_dim)
+        k = self._project(h, layer, "attn_k").reshape(n_new, hp.n_head_kv, hp.head_dim)
+        v = self._project(h, layer, "attn_v").reshape(n_new, hp.n_head_kv, hp.head_dim)
+        q, k = rope.apply(q), rope.apply(k)
+        keys, values = cache.append(layer, k, v)
+        a = causal_attention(q, keys, values, 1.0 / math.sqrt(hp.head_dim))
         if self.graph.sub_norms:
-            a = rms_norm(a, self._weight(f"blk.{layer}.attn_sub_norm.weight"), hp.rms_eps)
+            a = self._norm(a, f"blk.{layer}.attn_sub_norm.weight")
         return self._project(a, layer, "attn_output")
 
     def _feed_forward(self, x: Floats, layer: int) -> Floats:
         """The FFN block's contribution to the residual stream: act(gate) * up."""
-        hp = self.hparams
-        h = rms_norm(x, self._weight(f"blk.{layer}.ffn_norm.weight"), hp.rms_eps)
+        h = self._norm(x, f"blk.{layer}.ffn_norm.weight")
         act = ACTIVATIONS[self.graph.ffn_activation]
         f = act(self._project(h, layer, "ffn_gate")) * self._project(h, layer, "ffn_up")
         if self.graph.sub_norms:
-            f = rms_norm(f, self._weight(f"blk.{layer}.ffn_sub_norm.weight"), hp.rms_eps)
+            f = self._norm(f, f"blk.{layer}.ffn_sub_norm.weight")
         return self._project(f, layer, "ffn_down")
 
     def head_tensor(self) -> str:
@@ -466,36 +488,61 @@ class ReferenceModel:
             return "token_embd.weight"
         return "output.weight"
 
-    def logits(self, token_ids: Sequence[int]) -> Logits:
-        """Logits after each token: (len(token_ids), n_vocab) float32, row i after token i."""
-        hp = self.hparams
-        tokens = np.asarray(token_ids, dtype=np.int64)
+    def _head(self, x: Floats) -> Logits:
+        """The logits of the final hidden states, by blocks of the head's rows when the
+        whole head does not fit the weight budget (`WeightStore.blocks`)."""
+        blocks = [linear(x, block) for block in self.weights.blocks(self.head_tensor())]
+        return np.concatenate(blocks, axis=-1).astype(np.float32)
+
+    def _check(self, tokens: npt.NDArray[np.int64]) -> None:
+        n_vocab = self.hparams.n_vocab
         if tokens.ndim != 1 or tokens.size == 0:
             raise XtaskError("the reference needs a non-empty sequence of token ids")
-        if tokens.min() < 0 or tokens.max() >= hp.n_vocab:
-            raise XtaskError(f"token ids must lie in [0, {hp.n_vocab}), the model's vocabulary")
-        freq_factors = (
-            self._weight("rope_freqs.weight")
-            if "rope_freqs.weight" in self.gguf.tensor_infos
-            else None
-        )
-        cos, sin = rope_angles(hp, tokens.size, freq_factors)
-        x: Floats = self._weight("token_embd.weight")[tokens].astype(np.float64)
-        for layer in range(hp.n_layer):
-            x = x + self._attention(x, layer, cos, sin)
+        if tokens.min() < 0 or tokens.max() >= n_vocab:
+            raise XtaskError(f"token ids must lie in [0, {n_vocab}), the model's vocabulary")
+
+    def forward(self, token_ids: Sequence[int], cache: KVCache, last_only: bool = False) -> Logits:
+        """Logits after each of `token_ids`, which follow the cache's positions: (n,
+        n_vocab) float32, row i after token i (only the last row when `last_only`). The
+        tokens' keys and values join `cache`."""
+        tokens = np.asarray(token_ids, dtype=np.int64)
+        self._check(tokens)
+        rope = Rope.at(self, np.arange(cache.n_pos, cache.n_pos + tokens.size))
+        x: Floats = self.weights.rows("token_embd.weight", tokens).astype(np.float64)
+        for layer in range(self.hparams.n_layer):
+            x = x + self._attention(x, layer, rope, cache)
             x = x + self._feed_forward(x, layer)
-        x = rms_norm(x, self._weight("output_norm.weight"), hp.rms_eps)
-        return linear(x, self._weight(self.head_tensor())).astype(np.float32)
+        return self._head(self._norm(x[-1:] if last_only else x, "output_norm.weight"))
+
+    def logits(self, token_ids: Sequence[int]) -> Logits:
+        """Logits after each token: (len(token_ids), n_vocab) float32, row i after token i."""
+        return self.forward(token_ids, KVCache.empty(self.hparams))
 
     def greedy(self, token_ids: Sequence[int], n: int) -> list[int]:
-        """n tokens of greedy continuation: each the argmax (first maximum) of the last row.
+        """n tokens of greedy continuation: each the argmax (first maximum) of the last row,
+        decoded incrementally (one position per token, the rest from the `KVCache`).
 
         The semantics of xtask-logits' continuation.json, so the two compare directly.
         """
-        tokens = list(token_ids)
-        for _ in range(n):
-            tokens.append(int(np.argmax(self.logits(tokens)[-1])))
-        return tokens[len(token_ids) :]
+        if n == 0:
+            return []
+        cache = KVCache.empty(self.hparams)
+        return self._continue(self.forward(token_ids, cache, last_only=True)[-1], cache, n)
+
+    def evaluate(self, token_ids: Sequence[int], n: int) -> tuple[Logits, list[int]]:
+        """`logits(token_ids)` and `greedy(token_ids, n)`, from one pass over the prompt."""
+        cache = KVCache.empty(self.hparams)
+        logits = self.forward(token_ids, cache)
+        return logits, self._continue(logits[-1], cache, n)
+
+    def _continue(self, last: Logits, cache: KVCache, n: int) -> list[int]:
+        """n greedy tokens after the logits `last`, each fed back through `cache`."""
+        tokens: list[int] = []
+        while len(tokens) < n:
+            tokens.append(int(np.argmax(last)))
+            if len(tokens) < n:
+                last = self.forward(tokens[-1:], cache, last_only=True)[-1]
+        return tokens
 
     def choices(self) -> dict[str, dict[str, Any]]:
         """What this forward pass used for each choice and where it came from, for the
@@ -507,6 +554,28 @@ class ReferenceModel:
             if c != "rope_freq_base_default"
         }
         return used | _file_choices(self)
+
+
+@dataclass(frozen=True)
+class Rope:
+    """The RoPE angles of a run of positions, and the rotation of the model's graph."""
+
+    cos: Floats
+    sin: Floats
+    rope_type: RopeType
+
+    @classmethod
+    def at(cls, model: ReferenceModel, positions: npt.NDArray[np.int64]) -> Rope:
+        factors = (
+            model.weights.array("rope_freqs.weight")
+            if "rope_freqs.weight" in model.gguf.tensor_infos
+            else None
+        )
+        cos, sin = rope_angles(model.hparams, positions, factors)
+        return cls(cos, sin, model.hparams.rope_type)
+
+    def apply(self, x: Floats) -> Floats:
+        return rope(x, self.cos, self.sin, self.rope_type)
 
 
 def _file_choices(model: ReferenceModel) -> dict[str, dict[str, Any]]:
@@ -540,12 +609,6 @@ def _file_choices(model: ReferenceModel) -> dict[str, dict[str, Any]]:
             "from": "per-frequency divisors from the rope_freqs.weight tensor, when present",
         },
     }
-    quantized = DEFINITIONS[arch].choices.get("activation_quantization")
-    if quantized is not None:
-        used["activation_quantization"] = {
-            "value": "none",
-            "from": f"float64 activations; the definition: {quantized.definition}",
-        }
     return used
 
 
@@ -554,15 +617,17 @@ def load_model(
     weight_cache_bytes: int = DEFAULT_WEIGHT_CACHE_BYTES,
     graph: GraphName = "definition",
 ) -> ReferenceModel:
-    """Open a llama or bitnet GGUF for the reference forward pass of the model's
-    definition, or of an engine's graph of it (`engine_graphs.choose_graph`).
+    """Open a GGUF of one of the `definitions` for the reference forward pass of the
+    model's definition, or of an engine's graph of it (`engine_graphs.choose_graph`).
 
-    Raises XtaskError, naming what is unsupported, for any other architecture or for
-    tensors and metadata the two architectures do not account for; UsageError for an
-    engine graph no facts are recorded for.
+    Raises UsageError (exit 2), naming the key or tensor, for any other architecture or
+    for tensors and metadata the definition does not account for, and for an engine
+    graph no facts are recorded for; GGUFFormatError (a UsageError) for a file that is
+    not a whole, well-formed GGUF.
     """
     path = Path(path)
     gguf = ReferenceFile(path)  # refuses, by name, anything but a whole, well-formed GGUF
+    gguf.check_readable()
     chosen = choose_graph(architecture(gguf, path), graph)
     hparams = read_hparams(gguf, path, chosen.graph)
     _check_tensors(gguf, hparams, path)

@@ -100,6 +100,19 @@ def discover_models(root: Path) -> tuple[Path, ...]:
     return found
 
 
+def quantizes_activations(arch: str | None) -> bool:
+    """Whether the definition of `arch` rounds every projection's input to int8 (BitNet
+    b1.58's BitLinear). Then any difference in a file's rounding or an engine's arithmetic
+    moves activations across rounding steps, and is amplified: the f16 form of a
+    bitnet-b1.58 twin, whose per-tensor scales are float16, is KL 1.5e-3 from its f32
+    checkpoint (tests/test_b158_crossval.py). Such a model is judged by the quantized
+    profile, whatever its weights' type."""
+    from bitnet_xtask.crossval.definitions import DEFINITIONS
+
+    definition = DEFINITIONS.get(arch) if arch is not None else None
+    return definition is not None and definition.graph.quantizes_activations
+
+
 def tolerances_for(quant: str | None, profile: str | None) -> metrics.Tolerances:
     """The profile asked for, else strict for float weights and quantized for the rest."""
     if profile is None:
@@ -222,6 +235,14 @@ def plan_models(request: CrossvalRequest, engines: Sequence[str] = ()) -> tuple[
     given = request.profile
     from_file = None if given is None or given in metrics.PROFILES else tolerances_for(None, given)
     checkpoint = reference_checkpoint(request)
+    # The NumPy reference refuses, by tensor or key, a file of an architecture it
+    # implements that is not whole (a missing sub-norm, a misshapen tensor): bad input,
+    # refused before any engine runs. An architecture it does not implement fails that
+    # model alone, as any backend's error does (runner).
+    numpy = any(spec.partition(":")[0] == "numpy" for spec in request.backends)
+    from bitnet_xtask.crossval.definitions import DEFINITIONS
+    from bitnet_xtask.crossval.reference import load_model
+
     # A reference that computes in the checkpoint's bf16/f16 rounds as a quantized
     # engine does: judged strictly, every candidate would fail (and "share" it).
     rounded = (
@@ -232,7 +253,10 @@ def plan_models(request: CrossvalRequest, engines: Sequence[str] = ()) -> tuple[
     planned = []
     for model in request.models:
         facts = inspect_model(model)
+        if numpy and facts.arch in DEFINITIONS:
+            load_model(model)  # a malformed file of a known architecture: exit 2, named
         _check_fits(request, request.inputs, facts)
-        tolerances = from_file or tolerances_for(None if rounded else facts.quant, given)
+        strict_able = not (rounded or quantizes_activations(facts.arch))
+        tolerances = from_file or tolerances_for(facts.quant if strict_able else None, given)
         planned.append(PlannedModel(facts, tolerances, _audit(checkpoint, model, engines)))
     return tuple(planned)

@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import gguf
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -28,7 +27,7 @@ from bitnet_xtask.crossval.reference_weights import Ternary
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.fixtures.b158_gguf import weight_quant
 from bitnet_xtask.fixtures.hf_checkpoint import ONLINE_BITNET
-from bitnet_xtask.fixtures.i2s import GGML_TYPE_I2_S, quantize_i2_s
+from bitnet_xtask.fixtures.i2s import quantize_i2_s
 
 Floats = npt.NDArray[np.float32]
 DIMS = Dims(n_vocab=300, n_embd=128, n_layer=2, n_head=4, n_head_kv=2, n_ff=256)
@@ -155,31 +154,10 @@ def write_i2_s(
 ) -> Path:
     """`write_b158` with the projections as I2_S (ggml type 36); the tensor named
     `without_trailer` is written as n/4 bytes, without its 32-byte scale block."""
-    writer = gguf.GGUFWriter(path, arch)
-    plain = {n: w for n, w in tensors.items() if not is_projection(n)}
-    reference = write_b158(path.with_suffix(".plain.gguf"), plain | _zeros(tensors), arch)
-    source = gguf.GGUFReader(reference)
-    for field in source.fields.values():
-        if field.name.startswith("GGUF.") or field.name == "general.architecture":
-            continue
-        writer.add_key_value(field.name, field.contents(), field.types[0], field.types[-1])
-    for name, values in tensors.items():
-        if is_projection(name):
-            packed = quantize_i2_s(values).view(np.int8)
-            if name == without_trailer:
-                packed = packed[: values.size // 4]
-            writer.add_tensor(name, packed, raw_shape=values.shape, raw_dtype=GGML_TYPE_I2_S)  # type: ignore[arg-type]
-        else:
-            writer.add_tensor(name, values)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def _zeros(tensors: dict[str, Floats]) -> dict[str, Floats]:
-    return {n: np.zeros_like(w) for n, w in tensors.items() if is_projection(n)}
+    packed = {name: quantize_i2_s(w) for name, w in tensors.items() if is_projection(name)}
+    if without_trailer is not None:
+        packed[without_trailer] = packed[without_trailer][: tensors[without_trailer].size // 4]
+    return write_gguf(path, arch, tensors, DIMS, rope_base=500000.0, i2_s=packed)
 
 
 def test_incremental_decoding_is_the_whole_sequence_again(tmp_path: Path) -> None:

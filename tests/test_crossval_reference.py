@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from bitnet_xtask.crossval.reference import (
 )
 from bitnet_xtask.errors import UsageError, XtaskError
 from bitnet_xtask.fixtures import generate_fixture
+from bitnet_xtask.fixtures.i2s import GGML_TYPE_I2_S
 from bitnet_xtask.fixtures.twin_check import permute
 
 Floats = npt.NDArray[np.float32]
@@ -105,8 +107,11 @@ def write_gguf(
     dims: Dims = Dims(),
     extra_keys: dict[str, float | str] | None = None,
     rope_base: float | None = 10000.0,
+    i2_s: Mapping[str, npt.NDArray[np.uint8]] | None = None,
 ) -> Path:
-    """An f32 GGUF that llama.cpp loads: hparams plus a minimal SPM tokenizer."""
+    """An f32 GGUF that llama.cpp loads: hparams plus a minimal SPM tokenizer. The tensors
+    named in `i2_s` are stored as those bytes instead, as ggml type 36 (I2_S) of the
+    tensor's shape."""
     writer = gguf.GGUFWriter(path, arch)
     writer.add_context_length(256)
     writer.add_embedding_length(dims.n_embd)
@@ -131,8 +136,13 @@ def write_gguf(
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
+    packed = i2_s or {}
     for name, values in tensors.items():
-        writer.add_tensor(name, values)
+        if name in packed:
+            raw = packed[name].view(np.int8)  # gguf-py takes a byte tensor's shape as given
+            writer.add_tensor(name, raw, raw_shape=values.shape, raw_dtype=GGML_TYPE_I2_S)  # type: ignore[arg-type]
+        else:
+            writer.add_tensor(name, values)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -1,21 +1,27 @@
 // xtask-logits: run one prompt through llama.cpp and dump the logits of every position.
 //
 // bitnet-xtask's crossval compares these files with other implementations, so the
-// program does as little as possible and nothing clever: one batch with logits for all
-// positions, then a greedy (argmax) continuation fed back one token at a time.
+// program does as little as possible and nothing clever: the prompt in one batch (or in
+// chunks of --n-batch tokens) with logits for all positions, then a greedy (argmax)
+// continuation fed back one token at a time. With --trace it also writes every named
+// intermediate tensor of the prompt's evaluation, read through llama.cpp's public eval
+// callback (llama_context_params.cb_eval): no patch to the engine.
 //
-// Only public llama.h calls are used. The same source builds against upstream llama.cpp
-// and against microsoft/BitNet's 2024 fork; CMakeLists.txt probes the header and defines
-// the XTASK_HAVE_* macros that select between the two API generations (namespace api).
+// Only public llama.h / ggml.h calls are used. The same source builds against upstream
+// llama.cpp and against microsoft/BitNet's 2024 fork; CMakeLists.txt probes the header and
+// defines the XTASK_HAVE_* macros that select between the two API generations (namespace api).
 //
 // Output files (DIR = --out):
 //   tokens.json        {"tokens": [...], "n_vocab": V, "n_tokens": N}
 //   logits.f32         N x V float32, row-major, little-endian, no header
 //   continuation.json  {"tokens": [...], "text": "..."}
+// With --trace TDIR: TDIR/index.json and TDIR/tensors.f32 (README.md, "Traces").
 // With --tokenize-only, tokens.json alone: the model is loaded with its vocabulary only
 // (llama_model_params.vocab_only), so tokenizing costs no weights and no evaluation.
 // stdout: one JSON summary line. Exit codes: 0 ok, 1 failure, 2 bad arguments.
 
+#include "ggml-backend.h"
+#include "ggml.h"
 #include "llama.h"
 
 #include <algorithm>
@@ -27,6 +33,8 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <regex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -125,9 +133,11 @@ struct UsageError : std::runtime_error {
 constexpr const char * kUsage =
     "usage: xtask-logits --model M.gguf (--prompt TEXT | --tokens 1,2,3 | --tokens-file F)\n"
     "                    --out DIR [--n-predict N] [--threads T] [--n-gpu-layers L]\n"
+    "                    [--n-batch B] [--n-ubatch U] [--cache-type-k T] [--cache-type-v T]\n"
     "                    [--no-bos] [--tokenize-only] [--verbose]\n"
+    "                    [--trace TDIR [--trace-filter REGEX] [--trace-max-bytes N]]\n"
     "\n"
-    "Evaluates all positions in one batch and writes DIR/tokens.json, DIR/logits.f32\n"
+    "Evaluates all positions of the prompt and writes DIR/tokens.json, DIR/logits.f32\n"
     "(N x n_vocab float32, row-major, little-endian) and DIR/continuation.json (a greedy\n"
     "continuation of --n-predict tokens, default 16). One JSON summary line on stdout.\n"
     "\n"
@@ -140,10 +150,22 @@ constexpr const char * kUsage =
     "                      weights, no context, no evaluation\n"
     "  --threads T         CPU threads (default: all cores)\n"
     "  --n-gpu-layers L    layers to offload (default 0: CPU only)\n"
+    "  --n-batch B         feed the prompt to llama_decode in chunks of at most B tokens\n"
+    "                      (1: one token at a time, through the KV cache; default: all at once)\n"
+    "  --n-ubatch U        llama.cpp's micro-batch size (default: the batch size); U <= B\n"
+    "  --cache-type-k T    the KV cache's K type, a ggml type name (f16, q8_0, ...; default:\n"
+    "  --cache-type-v T    llama.cpp's, f16), and the same for V\n"
+    "  --trace TDIR        write every named intermediate tensor of the prompt's evaluation to\n"
+    "                      TDIR/tensors.f32 (float32) with TDIR/index.json describing them\n"
+    "  --trace-filter RE   trace only tensors whose name matches RE (ECMAScript, searched)\n"
+    "  --trace-max-bytes N write at most N bytes of tensor data (default 4 GiB); a tensor that\n"
+    "                      no longer fits is listed in index.json under \"capped\" instead\n"
     "  --verbose           pass all llama.cpp log output to stderr (default: errors only)\n"
     "exit codes: 0 ok, 1 failure, 2 bad arguments\n";
 
 enum class Source { none, prompt, tokens, tokens_file };
+
+constexpr int64_t kDefaultTraceMaxBytes = int64_t{4} << 30;
 
 struct Options {
     std::string model, out;
@@ -152,15 +174,23 @@ struct Options {
     int n_predict = 16;
     int threads = 0;
     int n_gpu_layers = 0;
+    int n_batch = 0;   // 0: the whole prompt in one llama_decode call
+    int n_ubatch = 0;  // 0: the batch size
+    std::optional<ggml_type> cache_type_k, cache_type_v;  // unset: llama.cpp's default
     bool no_bos = false;
     bool tokenize_only = false;
     bool verbose = false;
+    std::string trace_dir;  // empty: no trace
+    std::string trace_filter;
+    bool has_trace_filter = false;
+    std::regex trace_regex;
+    int64_t trace_max_bytes = kDefaultTraceMaxBytes;
 };
 
-long parse_int(const std::string & flag, const std::string & s, long lo, long hi) {
+long long parse_int(const std::string & flag, const std::string & s, long long lo, long long hi) {
     char * end = nullptr;
     errno = 0;
-    const long v = std::strtol(s.c_str(), &end, 10);
+    const long long v = std::strtoll(s.c_str(), &end, 10);
     if (s.empty() || *end != '\0' || errno == ERANGE || v < lo || v > hi) {
         throw UsageError(flag + " wants an integer in [" + std::to_string(lo) + ", " +
                          std::to_string(hi) + "], got '" + s + "'");
@@ -168,8 +198,21 @@ long parse_int(const std::string & flag, const std::string & s, long lo, long hi
     return v;
 }
 
+// A ggml type by the name ggml_type_name gives it ("f16", "q8_0", ...).
+ggml_type parse_type(const std::string & flag, const std::string & s) {
+    std::string known;
+    for (int i = 0; i < GGML_TYPE_COUNT; ++i) {
+        const char * name = ggml_type_name(static_cast<ggml_type>(i));
+        if (name == nullptr || ggml_type_size(static_cast<ggml_type>(i)) == 0) continue;  // a removed type
+        if (s == name) return static_cast<ggml_type>(i);
+        known += std::string(known.empty() ? "" : ", ") + name;
+    }
+    throw UsageError(flag + " wants a ggml type name (" + known + "), got '" + s + "'");
+}
+
 Options parse_args(int argc, char ** argv) {
     Options o;
+    bool has_max_bytes = false;
     for (int i = 1; i < argc; ++i) {
         std::string arg = argv[i], value;
         bool has_value = false;
@@ -210,6 +253,23 @@ Options parse_args(int argc, char ** argv) {
             o.threads = static_cast<int>(parse_int(arg, need(), 1, 1024));
         } else if (arg == "--n-gpu-layers") {
             o.n_gpu_layers = static_cast<int>(parse_int(arg, need(), -1, 1 << 20));
+        } else if (arg == "--n-batch") {
+            o.n_batch = static_cast<int>(parse_int(arg, need(), 1, 1 << 24));
+        } else if (arg == "--n-ubatch") {
+            o.n_ubatch = static_cast<int>(parse_int(arg, need(), 1, 1 << 24));
+        } else if (arg == "--cache-type-k") {
+            o.cache_type_k = parse_type(arg, need());
+        } else if (arg == "--cache-type-v") {
+            o.cache_type_v = parse_type(arg, need());
+        } else if (arg == "--trace") {
+            o.trace_dir = need();
+            if (o.trace_dir.empty()) throw UsageError("--trace needs a directory");
+        } else if (arg == "--trace-filter") {
+            o.trace_filter = need();
+            o.has_trace_filter = true;
+        } else if (arg == "--trace-max-bytes") {
+            o.trace_max_bytes = parse_int(arg, need(), 0, INT64_MAX);
+            has_max_bytes = true;
         } else if (arg == "--no-bos") {
             flag_only();
             o.no_bos = true;
@@ -226,6 +286,24 @@ Options parse_args(int argc, char ** argv) {
     if (o.model.empty()) throw UsageError("--model is required");
     if (o.out.empty()) throw UsageError("--out is required");
     if (o.source == Source::none) throw UsageError("give one of --prompt, --tokens, --tokens-file");
+    if (o.n_batch && o.n_ubatch > o.n_batch) {
+        throw UsageError("--n-ubatch " + std::to_string(o.n_ubatch) + " is larger than --n-batch " +
+                         std::to_string(o.n_batch) + ": a micro-batch is part of one batch");
+    }
+    if (o.trace_dir.empty() && (o.has_trace_filter || has_max_bytes)) {
+        throw UsageError("--trace-filter and --trace-max-bytes go with --trace DIR");
+    }
+    if (o.tokenize_only && !o.trace_dir.empty()) {
+        throw UsageError("--trace needs an evaluation, which --tokenize-only skips");
+    }
+    if (o.has_trace_filter) {
+        try {
+            o.trace_regex = std::regex(o.trace_filter, std::regex::ECMAScript);
+        } catch (const std::regex_error & e) {
+            throw UsageError("--trace-filter '" + o.trace_filter + "' is not a valid regular expression (" +
+                             e.what() + ")");
+        }
+    }
     if (o.threads == 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     return o;
 }
@@ -381,6 +459,21 @@ bool host_is_little_endian() {
     return b == 1;
 }
 
+// Appends n float32 values, little-endian whatever the host's byte order.
+void write_f32_le(AtomicFile & f, const float * v, size_t n) {
+    if (host_is_little_endian()) {
+        f.write(v, sizeof(float) * n);
+        return;
+    }
+    std::vector<uint32_t> swapped(n);
+    for (size_t j = 0; j < n; ++j) {
+        uint32_t u;
+        std::memcpy(&u, &v[j], 4);
+        swapped[j] = (u >> 24) | ((u >> 8) & 0xFF00u) | ((u << 8) & 0xFF0000u) | (u << 24);
+    }
+    f.write(swapped.data(), sizeof(uint32_t) * n);
+}
+
 // ---------------------------------------------------------------------------------------
 // llama.cpp glue.
 
@@ -506,29 +599,197 @@ std::string tokens_json(const std::vector<llama_token> & tokens, int32_t n_vocab
            ", \"n_tokens\": " + std::to_string(tokens.size()) + "}\n";
 }
 
-// Writes the logits of every position (row i after token i) and returns the argmax of the last row.
-llama_token write_logits(llama_context * ctx, const fs::path & path, int32_t n_tokens, int32_t n_vocab) {
-    AtomicFile logits_file(path);
-    const bool swap = !host_is_little_endian();
-    std::vector<float> be_row(swap ? static_cast<size_t>(n_vocab) : 0);
-    llama_token next = 0;
-    for (int32_t i = 0; i < n_tokens; ++i) {
-        const float * row = logits_row(ctx, i);
-        if (i == n_tokens - 1) next = argmax(row, n_vocab);
-        if (swap) {
-            for (int32_t j = 0; j < n_vocab; ++j) {
-                uint32_t u;
-                std::memcpy(&u, &row[j], 4);
-                u = (u >> 24) | ((u >> 8) & 0xFF00u) | ((u << 8) & 0xFF0000u) | (u << 24);
-                std::memcpy(&be_row[static_cast<size_t>(j)], &u, 4);
-            }
-            row = be_row.data();
+// ---------------------------------------------------------------------------------------
+// Traces: the prompt's evaluation as ggml computes it, tensor by tensor (README "Traces").
+//
+// ggml_backend_sched asks the eval callback about every graph node in order (ask=true),
+// computes the nodes up to the first one it wants, synchronizes, and hands that node over
+// (ask=false): ggml_backend_sched_compute_splits, ggml/src/ggml-backend.cpp:1814-1848 in
+// upstream 0c1e57098 and :2150-2180 in the BitNet fork 406a5036. So each wanted tensor is
+// read right after it is computed, before the graph allocator reuses its memory, and every
+// tensor decided on earlier has already been written when the next one is asked about.
+
+class Tracer {
+  public:
+    Tracer(const Options & opt, int32_t n_tokens)
+        : opt_(opt), dir_(output_dir(opt.trace_dir)), data_(dir_ / "tensors.f32"), n_tokens_(n_tokens) {}
+
+    // llama_context_params.cb_eval (ggml_backend_sched_eval_callback). Nothing may throw
+    // through the engine: the first error is kept, tracing stops, and end_call rethrows it.
+    static bool callback(ggml_tensor * t, bool ask, void * user) {
+        auto * self = static_cast<Tracer *>(user);
+        if (!self->active_) return false;
+        try {
+            if (ask) return self->want(t);
+            self->take(t);
+            return true;
+        } catch (const std::exception & e) {
+            self->error_ = e.what();
+        } catch (...) {
+            self->error_ = "unknown failure";
         }
-        logits_file.write(row, sizeof(float) * static_cast<size_t>(n_vocab));
+        self->active_ = false;
+        return false;
     }
-    logits_file.commit();
-    return next;
-}
+
+    // Before each llama_decode call of the prompt: the call's first position, its token
+    // count, and the context's micro-batch size, which says how llama.cpp splits it
+    // (consecutive runs of n_ubatch tokens: split_simple, src/llama-batch.cpp:508 upstream,
+    // src/llama.cpp:3139 in the fork).
+    void begin_call(llama_pos pos0, int32_t n, int32_t n_ubatch) {
+        call_pos0_ = pos0;
+        n_ubatch_ = n_ubatch;
+        expected_graphs_ = (n + n_ubatch - 1) / n_ubatch;
+        graphs_in_call_ = 0;
+        first_node_.clear();
+    }
+
+    // After the call: the error the callback kept, and a check that the graphs seen are
+    // exactly the call's micro-batches, so no tensor is filed under the wrong positions.
+    void end_call() {
+        if (!error_.empty()) throw std::runtime_error("tracing failed: " + error_);
+        if (graphs_in_call_ != expected_graphs_) {
+            throw std::runtime_error("tracing: saw " + std::to_string(graphs_in_call_) + " graphs for " +
+                                     std::to_string(expected_graphs_) +
+                                     " micro-batches and cannot tell their positions apart; trace with "
+                                     "--n-ubatch equal to --n-batch");
+        }
+        batch_base_ += graphs_in_call_;
+    }
+
+    // The prompt is done: the continuation's decodes are not traced.
+    void stop() { active_ = false; }
+
+    // Commits the data, then the index that describes it. Returns the summary's "trace" object.
+    std::string finish(const char * llama_api) {
+        data_.commit();
+        AtomicFile index(dir_ / "index.json");
+        index.write("{\"format\": \"xtask-trace\", \"version\": 1, \"producer\": \"xtask-logits\", \"llama_api\": \"" +
+                    std::string(llama_api) + "\", \"n_tokens\": " + std::to_string(n_tokens_) + ",\n" +
+                    json_list("tensors", tensors_) + ",\n" + json_list("skipped", skipped_) + ",\n" +
+                    json_list("capped", capped_) + "}\n");
+        index.commit();
+        return "{\"dir\": " + json_string(opt_.trace_dir) + ", \"tensors\": " + std::to_string(tensors_.size()) +
+               ", \"skipped\": " + std::to_string(skipped_.size()) + ", \"capped\": " +
+               std::to_string(capped_.size()) + ", \"bytes\": " + std::to_string(written_) + "}";
+    }
+
+  private:
+    static std::string json_list(const char * key, const std::vector<std::string> & items) {
+        std::string out = "\"" + std::string(key) + "\": [";
+        for (size_t i = 0; i < items.size(); ++i) out += (i ? ",\n  " : "\n  ") + items[i];
+        return out + (items.empty() ? "]" : "\n]");
+    }
+
+    static std::string ne_json(const ggml_tensor * t) {
+        std::string out = "[";
+        for (int d = 0; d < 4; ++d) out += (d ? ", " : "") + std::to_string(t->ne[d]);
+        return out + "]";
+    }
+
+    static bool readable(ggml_type type) {
+        return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+    }
+
+    // Each micro-batch's graph starts with the same node, which occurs once per graph (the
+    // token embedding's GET_ROWS in both engines): its reappearance marks the next graph.
+    // A wrong guess can only add graphs, which end_call refuses.
+    void count_graph(const ggml_tensor * t) {
+        std::string key = std::string(ggml_get_name(t)) + '\0' + ggml_op_desc(t);
+        if (first_node_.empty()) {
+            first_node_ = std::move(key);
+            graphs_in_call_ = 1;
+        } else if (key == first_node_) {
+            ++graphs_in_call_;
+        }
+    }
+
+    // The "name", "op" (and "type", "ne") members every list's entries start with.
+    static std::string head_json(const ggml_tensor * t, bool with_type) {
+        std::string out = "{\"name\": " + json_string(ggml_get_name(t)) + ", \"op\": " + json_string(ggml_op_desc(t));
+        if (with_type) out += ", \"type\": " + json_string(ggml_type_name(t->type));
+        return out + ", \"ne\": " + ne_json(t);
+    }
+
+    bool want(const ggml_tensor * t) {
+        count_graph(t);
+        const char * name = ggml_get_name(t);
+        // ggml names every node nothing else named "node_<index>" (ggml_visit_parents,
+        // ggml/src/ggml.c:7303 upstream, :19394 in the fork): those are traced; an empty
+        // name would be a tensor outside any graph's naming, and is not.
+        if (name[0] == '\0') return false;
+        if (opt_.has_trace_filter && !std::regex_search(name, opt_.trace_regex)) return false;
+        if (!readable(t->type)) {
+            const char * why = ggml_is_quantized(t->type) ? "quantized: the tracer dequantizes nothing"
+                                                            : "not a floating-point type";
+            skipped_.push_back(head_json(t, true) + ", \"reason\": \"" + why +
+                               " (f32, f16 and bf16 tensors are traced)\"}");
+            return false;
+        }
+        const int64_t nbytes = ggml_nelements(t) * static_cast<int64_t>(sizeof(float));
+        if (nbytes > opt_.trace_max_bytes - written_) {  // each tensor is written if it still fits
+            capped_.push_back(head_json(t, false) + ", \"nbytes\": " + std::to_string(nbytes) + "}");
+            return false;
+        }
+        return true;
+    }
+
+    // Reads the tensor (host or device buffer alike) and gathers it by its strides nb[]
+    // into float32 in ne order, ne0 fastest, so views and permuted tensors come out right.
+    void take(const ggml_tensor * t) {
+        const int64_t n = ggml_nelements(t);
+        values_.resize(static_cast<size_t>(n));
+        if (n > 0) {
+            raw_.resize(ggml_nbytes(t));
+            ggml_backend_tensor_get(t, raw_.data(), 0, raw_.size());
+            size_t k = 0;
+            for (int64_t i3 = 0; i3 < t->ne[3]; ++i3) {
+                for (int64_t i2 = 0; i2 < t->ne[2]; ++i2) {
+                    for (int64_t i1 = 0; i1 < t->ne[1]; ++i1) {
+                        const uint8_t * row = raw_.data() + i1 * t->nb[1] + i2 * t->nb[2] + i3 * t->nb[3];
+                        for (int64_t i0 = 0; i0 < t->ne[0]; ++i0) values_[k++] = to_f32(t->type, row + i0 * t->nb[0]);
+                    }
+                }
+            }
+        }
+        const int64_t graph = graphs_in_call_ - 1;
+        tensors_.push_back(head_json(t, true) + ", \"offset\": " + std::to_string(written_) +
+                           ", \"batch\": " + std::to_string(batch_base_ + graph) +
+                           ", \"pos0\": " + std::to_string(call_pos0_ + graph * n_ubatch_) + "}");
+        write_f32_le(data_, values_.data(), values_.size());
+        written_ += n * static_cast<int64_t>(sizeof(float));
+    }
+
+    static float to_f32(ggml_type type, const uint8_t * p) {
+        if (type == GGML_TYPE_F16) {
+            ggml_fp16_t h;
+            std::memcpy(&h, p, sizeof h);
+            return ggml_fp16_to_fp32(h);
+        }
+        if (type == GGML_TYPE_BF16) {
+            ggml_bf16_t h;
+            std::memcpy(&h, p, sizeof h);
+            return ggml_bf16_to_fp32(h);
+        }
+        float f;
+        std::memcpy(&f, p, sizeof f);
+        return f;
+    }
+
+    const Options & opt_;
+    fs::path dir_;
+    AtomicFile data_;
+    int32_t n_tokens_;
+    bool active_ = true;
+    std::string error_;
+    std::vector<std::string> tensors_, skipped_, capped_;  // index.json entries, graph order
+    int64_t written_ = 0;                                  // bytes in tensors.f32
+    std::vector<uint8_t> raw_;                             // one tensor at a time
+    std::vector<float> values_;
+    llama_pos call_pos0_ = 0;
+    int64_t n_ubatch_ = 1, expected_graphs_ = 0, graphs_in_call_ = 0, batch_base_ = 0;
+    std::string first_node_;
+};
 
 struct Timings {
     double load_ms = 0, eval_ms = 0, gen_ms = 0;
@@ -555,25 +816,55 @@ int evaluate(const Options & opt, llama_model * model, const std::vector<llama_t
     const int32_t n_vocab = api::n_vocab(vocab);
     const auto n_tokens = static_cast<int32_t>(tokens.size());
 
+    // The prompt goes to llama_decode in chunks of n_batch tokens (default: all of it in
+    // one call), which llama.cpp splits into micro-batches of n_ubatch, one compute graph each.
+    const int32_t n_batch = opt.n_batch ? opt.n_batch : n_tokens;
+    const int32_t n_ubatch = opt.n_ubatch ? std::min(opt.n_ubatch, n_batch) : n_batch;
     llama_context_params cparams = llama_context_default_params();
     cparams.n_ctx = static_cast<uint32_t>(n_tokens + opt.n_predict);
-    cparams.n_batch = static_cast<uint32_t>(n_tokens);   // the prompt is one llama_decode call ...
-    cparams.n_ubatch = static_cast<uint32_t>(n_tokens);  // ... and one compute graph
+    cparams.n_batch = static_cast<uint32_t>(n_batch);  // a call may hold at most n_batch tokens
+    cparams.n_ubatch = static_cast<uint32_t>(n_ubatch);
+    if (opt.cache_type_k) cparams.type_k = *opt.cache_type_k;
+    if (opt.cache_type_v) cparams.type_v = *opt.cache_type_v;
     cparams.n_seq_max = 1;
     cparams.n_threads = opt.threads;
     cparams.n_threads_batch = opt.threads;
 #if XTASK_HAVE_OP_OFFLOAD
     if (opt.n_gpu_layers == 0) cparams.op_offload = false;  // CPU only means CPU only
 #endif
+    std::unique_ptr<Tracer> tracer;
+    if (!opt.trace_dir.empty()) {
+        tracer = std::make_unique<Tracer>(opt, n_tokens);
+        cparams.cb_eval = &Tracer::callback;
+        cparams.cb_eval_user_data = tracer.get();
+    }
     std::unique_ptr<llama_context, ContextDeleter> ctx(api::new_context(model, cparams));
     if (!ctx) throw std::runtime_error("cannot create a llama context (rerun with --verbose)");
 
-    // 1. Every position in one batch; logits for all of them.
+    // 1. Every position, chunk by chunk; logits for all of them, row i after token i.
     auto t0 = std::chrono::steady_clock::now();
-    Batch batch(n_tokens);
-    decode(ctx.get(), batch.fill(tokens.data(), n_tokens, 0, true), "prompt");
+    const int32_t chunk = std::min(n_batch, n_tokens);
+    Batch batch(chunk);
     const fs::path out_dir = output_dir(opt.out);
-    llama_token next = write_logits(ctx.get(), out_dir / "logits.f32", n_tokens, n_vocab);
+    AtomicFile logits_file(out_dir / "logits.f32");
+    llama_token next = 0;
+    for (int32_t pos0 = 0; pos0 < n_tokens; pos0 += chunk) {
+        const int32_t n = std::min(chunk, n_tokens - pos0);
+        if (tracer) tracer->begin_call(pos0, n, static_cast<int32_t>(llama_n_ubatch(ctx.get())));
+        decode(ctx.get(), batch.fill(tokens.data() + pos0, n, pos0, true), "prompt");
+        if (tracer) tracer->end_call();
+        for (int32_t i = 0; i < n; ++i) {
+            const float * row = logits_row(ctx.get(), i);
+            if (pos0 + i == n_tokens - 1) next = argmax(row, n_vocab);
+            write_f32_le(logits_file, row, static_cast<size_t>(n_vocab));
+        }
+    }
+    logits_file.commit();
+    std::string trace_summary = "null";
+    if (tracer) {
+        tracer->stop();
+        trace_summary = tracer->finish(api::generation);
+    }
     t.eval_ms = ms_since(t0);
 
     // 2. Greedy continuation: each argmax is fed back as a one-token batch.
@@ -599,11 +890,14 @@ int evaluate(const Options & opt, llama_model * model, const std::vector<llama_t
     std::printf(
         "{\"ok\": true, \"model\": %s, \"out\": %s, \"n_tokens\": %d, \"n_vocab\": %d, \"bos_added\": %s, "
         "\"n_predict\": %d, \"continuation\": %s, \"threads\": %d, \"n_gpu_layers\": %d, "
+        "\"n_batch\": %d, \"n_ubatch\": %d, \"cache_type_k\": \"%s\", \"cache_type_v\": \"%s\", \"trace\": %s, "
         "\"llama_api\": \"%s\", \"load_ms\": %s, \"eval_ms\": %s, \"gen_ms\": %s}\n",
         json_string(opt.model).c_str(), json_string(opt.out).c_str(), n_tokens, n_vocab,
         bos_added ? "true" : "false", opt.n_predict, json_ints(continuation).c_str(), opt.threads,
-        opt.n_gpu_layers, api::generation, fixed(t.load_ms).c_str(), fixed(t.eval_ms).c_str(),
-        fixed(t.gen_ms).c_str());
+        opt.n_gpu_layers, chunk, std::min(chunk, static_cast<int32_t>(llama_n_ubatch(ctx.get()))),
+        ggml_type_name(cparams.type_k), ggml_type_name(cparams.type_v),
+        trace_summary.c_str(), api::generation, fixed(t.load_ms).c_str(),
+        fixed(t.eval_ms).c_str(), fixed(t.gen_ms).c_str());
     return std::fflush(stdout) == 0 ? 0 : 1;
 }
 

@@ -70,6 +70,13 @@ def read_token_ids(path: Path) -> tuple[int, ...]:
     is_flag=True,
     help="Print the plan (models, backends and their builds, thresholds); run nothing.",
 )
+@click.option(
+    "--paths",
+    is_flag=True,
+    help="Also run each cpp: and cmd: engine over a matrix of execution paths (batch and "
+    "micro-batch sizes, threads, GPU offload) and compare each with the engine's own "
+    "one-batch run and with the reference (README: crossval --paths).",
+)
 @options.comparison
 @options.json_output
 @click.pass_context
@@ -80,6 +87,7 @@ def crossval_command(
     tokens_file: Path | None,
     top_k: int,
     dry_run: bool,
+    paths: bool,
     prompt: tuple[str, ...],
     prompts_file: Path | None,
     n_predict: int,
@@ -87,6 +95,8 @@ def crossval_command(
     threads: int | None,
     backend_timeout: float,
     hf_dtype: str,
+    trace_pattern: str | None,
+    trace_max_bytes: int | None,
     receipt: Path | None,
     json_lines: bool,
 ) -> None:
@@ -115,6 +125,8 @@ def crossval_command(
             threads=threads,
             timeout=backend_timeout,
             hf_dtype=hf_dtype,
+            trace=options.trace_request(trace_pattern, trace_max_bytes),
+            paths=paths,
         )
         path = writable_receipt(receipt or default_receipt())
         if dry_run:

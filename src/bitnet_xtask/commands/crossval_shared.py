@@ -56,9 +56,13 @@ def writable_receipt(path: Path) -> Path:
     return path
 
 
-def _comparison_row(comparison: dict[str, Any]) -> ComparisonRow:
+def _comparison_row(comparison: dict[str, Any], run: dict[str, Any]) -> ComparisonRow:
     greedy, verdict = comparison["greedy"], comparison["verdict"]
+    traced = [
+        t["message"] for t in run.get("traces", []) if t["candidate"] == comparison["candidate"]
+    ]
     return {
+        "trace": traced[0] if traced else None,
         "candidate": comparison["candidate"],
         "positions": comparison["metrics"]["n_positions"],
         "summary": comparison["metrics"]["summary"],
@@ -76,9 +80,15 @@ def summary_rows(receipt: dict[str, Any]) -> list[ModelRow]:
             "path": model["path"],
             "error": model["error"],
             "comparisons": [
-                _comparison_row(comparison)
+                _comparison_row(comparison, run)
                 for run in model["runs"]
                 for comparison in run["comparisons"]
+            ],
+            "paths": [
+                engine["summary"]
+                for run in model["runs"]
+                for engine in run.get("paths", [])
+                if not engine["passed"]
             ],
         }
         for model in receipt["models"]

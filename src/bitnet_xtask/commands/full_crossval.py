@@ -86,6 +86,8 @@ def full_crossval_command(
     threads: int | None,
     backend_timeout: float,
     hf_dtype: str,
+    trace_pattern: str | None,
+    trace_max_bytes: int | None,
     receipt: Path | None,
     json_lines: bool,
 ) -> None:
@@ -103,6 +105,7 @@ def full_crossval_command(
             prompts=read_prompts(prompt, prompts_file), n_predict=n_predict, profile=profile,
             threads=threads, timeout=backend_timeout, hf_dir=hf_dir, hf_repo=hf_repo,
             hf_revision=hf_revision, hf_dtype=hf_dtype,
+            trace=options.trace_request(trace_pattern, trace_max_bytes),
         )  # fmt: skip
         path = writable_receipt(receipt or default_receipt())
         finish(run_full_crossval(request, reporter), path, reporter)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from bitnet_xtask.cache import FIXTURES_DIR, MODELS_DIR
 from bitnet_xtask.commands.common import Seconds
+
+if TYPE_CHECKING:
+    from bitnet_xtask.crossval.traces import TraceRequest
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,7 +54,11 @@ json_output = click.option(
     is_flag=True,
     help="JSON events on stdout, one per line (README: JSON events).",
 )
-threads = click.option("--threads", type=click.IntRange(1), help="Threads for cpp backends.")
+threads = click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Threads for cpp: backends (and a cmd: engine's {threads}). Default: every core.",
+)
 jobs = click.option(
     "--jobs", type=click.IntRange(1, 4096), help="Parallel compile jobs (Ninja's default)."
 )
@@ -96,10 +103,44 @@ hf_dtype = click.option(
     show_default=True,
     help="What an hf: backend computes in: float32, or the dtype its checkpoint declares.",
 )
+TRACE_MAX_BYTES = 4 << 30  # crossval.traces.DEFAULT_MAX_BYTES
+trace = stack(
+    click.option(
+        "--trace",
+        "trace_pattern",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        metavar="[REGEX]",
+        help="Compare every backend's intermediate tensors (all, or the names REGEX "
+        "matches) and name the first divergent step.",
+    ),
+    click.option(
+        "--trace-max-bytes",
+        type=click.IntRange(0),
+        default=None,
+        help=f"Most float32 bytes one backend's trace may hold (default {TRACE_MAX_BYTES}); "
+        "tensors past it are listed, not written.",
+    ),
+)
 #: What crossval and full-crossval both ask: the inputs, the thresholds, the receipt.
 comparison = stack(
-    prompts, n_predict, tolerance_profile, threads, backend_timeout, hf_dtype, receipt
+    prompts, n_predict, tolerance_profile, threads, backend_timeout, hf_dtype, trace, receipt
 )
+
+
+def trace_request(pattern: str | None, max_bytes: int | None) -> TraceRequest | None:
+    """--trace [REGEX] and --trace-max-bytes as a `traces.TraceRequest` (None: no
+    tracing); --trace-max-bytes alone is refused."""
+    if pattern is None:
+        if max_bytes is not None:
+            from bitnet_xtask.errors import UsageError
+
+            raise UsageError("--trace-max-bytes needs --trace")
+        return None
+    from bitnet_xtask.crossval.traces import TraceRequest
+
+    return TraceRequest(pattern or None, TRACE_MAX_BYTES if max_bytes is None else max_bytes)
 
 
 def ref(*, default: str | None, help: str | None = None) -> Callable[[F], F]:

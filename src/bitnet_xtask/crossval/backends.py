@@ -17,10 +17,12 @@ no RAM) and a greedy continuation. Four kinds, named on the command line by a sp
   holding `bin/xtask-logits` (and a `receipt.json`, when there is one).
 - `cmd:<template>`: any program, through a file protocol (README: "The cmd: protocol").
   The template is split like a shell command line, then `{model}`, `{tokens}`,
-  `{logits}`, `{continuation}`, `{n_predict}` and `{workdir}` are replaced in each
-  argument; the program reads the token ids from `{tokens}` (JSON: `{"tokens": [...]}`),
-  writes float32 or float64 logits of shape (n_tokens, n_vocab) to `{logits}` as `.npy`
-  and, when `{continuation}` appears, its greedy token ids as JSON `{"tokens": [...]}`.
+  `{logits}`, `{continuation}`, `{n_predict}`, `{workdir}` and the execution path's
+  `{n_batch}`, `{n_ubatch}` and `{threads}` (`crossval --paths`; by default the whole
+  prompt in one call, every core) are replaced in each argument; the program reads the
+  token ids from `{tokens}` (JSON: `{"tokens": [...]}`), writes float32 or float64
+  logits of shape (n_tokens, n_vocab) to `{logits}` as `.npy` and, when
+  `{continuation}` appears, its greedy token ids as JSON `{"tokens": [...]}`.
 
 Backends that can tokenize (the cpp harness in its tokenize-only mode; hf, with the
 checkpoint's tokenizer) are asked to tokenize the prompt, so crossval can check
@@ -53,7 +55,9 @@ from bitnet_xtask.crossval.engine_process import (
     read_ids,
     run_engine,
 )
+from bitnet_xtask.crossval.eval_options import DEFAULT_OPTIONS, EvalOptions, ExecutionPath
 from bitnet_xtask.crossval.logits_file import LogitsFile
+from bitnet_xtask.crossval.traces import Trace, TraceRequest, read_trace
 from bitnet_xtask.errors import UsageError
 
 if TYPE_CHECKING:
@@ -70,6 +74,7 @@ class Evaluation:
     logits: LogitsFile  # (n_tokens, n_vocab), on disk, read a block of rows at a time
     continuation: list[int] | None
     seconds: float
+    trace: Trace | None = None  # when asked for (`EvalOptions.trace`) and the backend traces
 
 
 class Backend(Protocol):
@@ -89,8 +94,16 @@ class Backend(Protocol):
         when it does not tokenize."""
         ...
 
-    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
-        """Logits for every position of `tokens`, and a greedy continuation."""
+    def evaluate(
+        self,
+        model: Path,
+        tokens: list[int],
+        n_predict: int,
+        workdir: Path,
+        options: EvalOptions = DEFAULT_OPTIONS,
+    ) -> Evaluation:
+        """Logits for every position of `tokens`, and a greedy continuation; with
+        `options.trace`, the intermediate tensors of the prompt's evaluation too."""
         ...
 
     def close(self) -> None:
@@ -138,7 +151,8 @@ class NumpyBackend:
     def tokenize(self, model: Path, prompt: str, workdir: Path) -> list[int] | None:
         return None
 
-    def _model(self, path: Path) -> ReferenceModel:
+    def model(self, path: Path) -> ReferenceModel:
+        """The reference model of `path`, loaded once and kept until another is asked for."""
         if self._loaded is None or self._loaded[0] != path:
             from bitnet_xtask.crossval.reference import load_model
 
@@ -150,13 +164,28 @@ class NumpyBackend:
     def close(self) -> None:
         self._loaded = None
 
-    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
+    def evaluate(
+        self,
+        model: Path,
+        tokens: list[int],
+        n_predict: int,
+        workdir: Path,
+        options: EvalOptions = DEFAULT_OPTIONS,
+    ) -> Evaluation:
         started = time.monotonic()
-        logits, continuation = self._model(model).evaluate(tokens, n_predict)
         workdir.mkdir(parents=True, exist_ok=True)
+        trace = None
+        if options.trace is None:
+            logits, continuation = self.model(model).evaluate(tokens, n_predict)
+        else:
+            from bitnet_xtask.crossval.traces import TraceWriter
+
+            with TraceWriter(workdir / "trace", self.spec, len(tokens), options.trace) as writer:
+                logits, continuation = self.model(model).evaluate(tokens, n_predict, writer.add)
+            trace = read_trace(workdir / "trace", len(tokens))
         path = workdir / "logits.npy"
         save_npy(path, np.ascontiguousarray(logits, dtype=np.float32))
-        return Evaluation(LogitsFile.npy(path), continuation, time.monotonic() - started)
+        return Evaluation(LogitsFile.npy(path), continuation, time.monotonic() - started, trace)
 
 
 def save_npy(path: Path, array: npt.NDArray[np.float32]) -> None:
@@ -221,13 +250,21 @@ class CppBackend:
         )
         return f"{ref}@{revision}" if isinstance(revision, str) else str(ref)
 
-    def _harness(self, model: Path, source: list[str], out: Path, n_predict: int | None) -> Path:
+    def _harness(
+        self,
+        model: Path,
+        source: list[str],
+        out: Path,
+        n_predict: int | None,
+        extra: tuple[str, ...] = (),
+    ) -> Path:
         """Run the harness on `model` (`n_predict` None: tokenize only) into `out`."""
         out.mkdir(parents=True, exist_ok=True)
-        threads = ["--threads", str(self.threads)] if self.threads else []
+        given = self.threads and "--threads" not in extra  # a path's --threads rules
+        threads = ["--threads", str(self.threads)] if given else []
         predict = [] if n_predict is None else ["--n-predict", str(n_predict)]
         argv = [str(self.harness), "--model", str(model), *source, "--out", str(out),
-                *predict, *threads]  # fmt: skip
+                *predict, *threads, *extra]  # fmt: skip
         run_engine(argv, f"{self.spec} ({self.harness})", self.timeout, out)
         return out
 
@@ -253,12 +290,23 @@ class CppBackend:
     def close(self) -> None:
         """Nothing is kept between calls: every call is its own process."""
 
-    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
+    def evaluate(
+        self,
+        model: Path,
+        tokens: list[int],
+        n_predict: int,
+        workdir: Path,
+        options: EvalOptions = DEFAULT_OPTIONS,
+    ) -> Evaluation:
         started = time.monotonic()
         ids = workdir / "tokens.txt"
         workdir.mkdir(parents=True, exist_ok=True)
         ids.write_text(" ".join(map(str, tokens)) + "\n", encoding="utf-8")
-        out = self._harness(model, ["--tokens-file", str(ids)], workdir / "eval", n_predict)
+        traced = workdir / "trace"
+        extra = () if options.trace is None else _trace_arguments(options.trace, traced)
+        if options.path is not None:
+            extra += options.path.harness_arguments()
+        out = self._harness(model, ["--tokens-file", str(ids)], workdir / "eval", n_predict, extra)
         summary = read_engine_json(out / "tokens.json", self.spec)
         n_vocab = summary.get("n_vocab") if isinstance(summary, dict) else None
         if type(n_vocab) is not int or n_vocab < 1:
@@ -268,7 +316,25 @@ class CppBackend:
         except ValueError as exc:
             raise BackendError(f"{self.spec}: {exc}") from None
         continuation = read_ids(out / "continuation.json", self.spec)
-        return Evaluation(logits, continuation, time.monotonic() - started)
+        trace = None
+        if options.trace is not None:
+            trace = _engine_trace(traced, len(tokens), self.spec, options.trace)
+        return Evaluation(logits, continuation, time.monotonic() - started, trace)
+
+
+def _trace_arguments(request: TraceRequest, directory: Path) -> tuple[str, ...]:
+    """The harness's --trace flags for `request`."""
+    pattern = () if request.pattern is None else ("--trace-filter", request.pattern)
+    return ("--trace", str(directory), *pattern, "--trace-max-bytes", str(request.max_bytes))
+
+
+def _engine_trace(path: Path, n_tokens: int, spec: str, request: TraceRequest) -> Trace:
+    """The trace an engine wrote at `path` (a `.npz` filtered and capped by `request`
+    here); a missing or malformed one is its failure."""
+    try:
+        return read_trace(path, n_tokens, request)
+    except (OSError, ValueError) as exc:
+        raise BackendError(f"{spec}: cannot read its trace {path}: {exc}") from None
 
 
 @dataclass
@@ -280,6 +346,7 @@ class CommandBackend:
     spec: str
     template: str
     timeout: float = DEFAULT_TIMEOUT
+    threads: int | None = None  # {threads} unless a path says (default: every core)
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "cmd", "template": self.template}
@@ -290,8 +357,22 @@ class CommandBackend:
     def close(self) -> None:
         """Nothing is kept between calls: every call is its own process."""
 
-    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
+    @property
+    def traces(self) -> bool:
+        """Whether the engine is given a `{trace}` file to write."""
+        return "{trace}" in self.template
+
+    def evaluate(
+        self,
+        model: Path,
+        tokens: list[int],
+        n_predict: int,
+        workdir: Path,
+        options: EvalOptions = DEFAULT_OPTIONS,
+    ) -> Evaluation:
         workdir.mkdir(parents=True, exist_ok=True)
+        path = (options.path or ExecutionPath()).resolved(len(tokens))
+        n_batch = path.n_batch or len(tokens)
         files = {
             "model": str(model),
             "tokens": str(workdir / "tokens.json"),
@@ -299,6 +380,10 @@ class CommandBackend:
             "continuation": str(workdir / "continuation.json"),
             "n_predict": str(n_predict),
             "workdir": str(workdir),
+            "trace": str(workdir / "trace.npz"),
+            "n_batch": str(n_batch),
+            "n_ubatch": str(path.n_ubatch or n_batch),
+            "threads": str(path.threads or self.threads or os.cpu_count() or 1),
         }
         Path(files["tokens"]).write_text(json.dumps({"tokens": tokens}), encoding="utf-8")
         argv = command_line(self.template, files)
@@ -316,10 +401,24 @@ class CommandBackend:
         continuation = None
         if "{continuation}" in self.template:
             continuation = read_ids(Path(files["continuation"]), self.spec)
-        return Evaluation(checked, continuation, time.monotonic() - started)
+        trace = None
+        if options.trace is not None and self.traces:
+            trace = _engine_trace(Path(files["trace"]), len(tokens), self.spec, options.trace)
+        return Evaluation(checked, continuation, time.monotonic() - started, trace)
 
 
-PLACEHOLDERS = ("model", "tokens", "logits", "continuation", "n_predict", "workdir")
+PLACEHOLDERS = (
+    "model",
+    "tokens",
+    "logits",
+    "continuation",
+    "n_predict",
+    "workdir",
+    "trace",
+    "n_batch",
+    "n_ubatch",
+    "threads",
+)
 
 
 def command_line(template: str, values: dict[str, str]) -> list[str]:
@@ -443,7 +542,7 @@ def make_backend(
         return backend
     if kind == "cmd" and rest:
         command_line(rest, {name: name for name in PLACEHOLDERS})  # fail now, not mid-run
-        return CommandBackend(spec, rest, timeout)
+        return CommandBackend(spec, rest, timeout, threads)
     raise UsageError(
         f"unknown backend {spec!r}",
         "use numpy, numpy:<engine>-graph, cpp:<build>, cmd:<command template> or "

@@ -13,26 +13,33 @@ are installed before anything runs. The model is loaded once (`from_pretrained`,
 safetensors only, no remote code, no network) and kept until `close()`. It runs in
 float32 by default, or in the dtype the checkpoint declares (`dtype="checkpoint"`);
 logits are written as float32 either way. It runs in this process: no engine deadline
-applies.
+applies. With a trace request the prompt's module outputs are recorded through forward
+hooks (`hf_trace`), and `step_runner` re-runs single steps for the trace comparison.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
 from bitnet_xtask.crossval.backends import Evaluation, save_npy
 from bitnet_xtask.crossval.engine_process import BackendError
+from bitnet_xtask.crossval.eval_options import DEFAULT_OPTIONS, EvalOptions
 from bitnet_xtask.crossval.logits_file import LogitsFile
+from bitnet_xtask.crossval.traces import TraceWriter, read_trace
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.hf.checkpoint import Checkpoint, read_checkpoint
 from bitnet_xtask.hf.extra import INSTALL_HINT, require
+
+if TYPE_CHECKING:
+    from bitnet_xtask.crossval.hf_trace import HFStepRunner
 
 EXTRA = ("torch", "transformers")
 #: What `dtype` may be: float32, or whatever the checkpoint declares (`dtype="auto"`).
@@ -102,7 +109,14 @@ class HFBackend:
             self._tokenizer = _load_tokenizer(self.checkpoint.directory)
         return [int(i) for i in self._tokenizer(prompt)["input_ids"]]
 
-    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
+    def evaluate(
+        self,
+        model: Path,
+        tokens: list[int],
+        n_predict: int,
+        workdir: Path,
+        options: EvalOptions = DEFAULT_OPTIONS,
+    ) -> Evaluation:
         started = time.monotonic()
         if not tokens:
             raise BackendError(f"{self.spec}: no token ids to evaluate")
@@ -112,11 +126,28 @@ class HFBackend:
             raise BackendError(
                 f"{self.spec}: token id {bad[0]} is outside the vocabulary (0..{vocab - 1})"
             )
-        logits, continuation = forward(network, tokens, n_predict)
         workdir.mkdir(parents=True, exist_ok=True)
+        trace = None
+        if options.trace is None:
+            logits, continuation = forward(network, tokens, n_predict)
+        else:
+            from bitnet_xtask.crossval.hf_trace import PromptHooks, architecture
+
+            arch = architecture(model)
+            with TraceWriter(workdir / "trace", self.spec, len(tokens), options.trace) as writer:
+                hooks = PromptHooks(network, arch, writer)
+                logits, continuation = forward(network, tokens, n_predict, hooks)
+            trace = read_trace(workdir / "trace", len(tokens))
         path = workdir / "logits.npy"
         save_npy(path, logits)
-        return Evaluation(LogitsFile.npy(path), continuation, time.monotonic() - started)
+        return Evaluation(LogitsFile.npy(path), continuation, time.monotonic() - started, trace)
+
+    def step_runner(self, model: Path) -> HFStepRunner:
+        """Re-runs single steps of this checkpoint (`HFStepRunner.rerun`), mapped by the
+        architecture of `model`, its GGUF twin; loads the network if it is not loaded."""
+        from bitnet_xtask.crossval.hf_trace import HFStepRunner, architecture
+
+        return HFStepRunner(self._network(), architecture(model), self.spec)
 
 
 def open_hf_backend(spec: str, directory: Path, threads: int | None, dtype: str) -> HFBackend:
@@ -191,14 +222,21 @@ def _argmax(row: Any) -> int:
 
 
 def forward(
-    network: Any, tokens: list[int], n_predict: int
+    network: Any,
+    tokens: list[int],
+    n_predict: int,
+    prompt_hooks: AbstractContextManager[object] | None = None,
 ) -> tuple[npt.NDArray[np.float32], list[int]]:
     """Teacher-forced float32 logits of every position of `tokens` (n_tokens, n_vocab),
-    and `n_predict` tokens of greedy continuation, each step fed through the KV cache."""
+    and `n_predict` tokens of greedy continuation, each step fed through the KV cache.
+    `prompt_hooks` (the trace's `PromptHooks`) is entered for the prompt's forward call
+    alone: the continuation's steps are not traced."""
     torch, _ = _import_extra()
     cache_name = _cache_argument(network)
     with torch.inference_mode():
-        out = network(input_ids=torch.tensor([tokens], dtype=torch.long), use_cache=n_predict > 0)
+        prompt = torch.tensor([tokens], dtype=torch.long)
+        with prompt_hooks or nullcontext():
+            out = network(input_ids=prompt, use_cache=n_predict > 0)
         logits = np.ascontiguousarray(out.logits[0].float().numpy(), dtype=np.float32)
         continuation: list[int] = []
         while len(continuation) < n_predict:

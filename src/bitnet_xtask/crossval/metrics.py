@@ -238,6 +238,7 @@ class Tolerances:
     top1_tie_margin: float  # a different argmax within this of the top (ref logits) is a tie
     min_topk_overlap: float  # mean top-k overlap over positions
     min_greedy_agreement: float  # fraction of the greedy continuation before divergence
+    max_tensor_rel_err: float  # --trace: a tensor's worst-position relative L2 error
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +260,7 @@ PROFILES: dict[str, Tolerances] = {
         top1_tie_margin=0.02,
         min_topk_overlap=0.95,
         min_greedy_agreement=1.0,
+        max_tensor_rel_err=0.02,
     ),
     # Quantized weights (q8_0, q4_0, tq1_0, tq2_0, i2_s). The reference multiplies by the
     # same dequantized weights, but engines quantize the activations to 8 bits inside
@@ -277,6 +279,7 @@ PROFILES: dict[str, Tolerances] = {
         top1_tie_margin=0.25,
         min_topk_overlap=0.8,
         min_greedy_agreement=0.0,
+        max_tensor_rel_err=0.2,
     ),
 }
 

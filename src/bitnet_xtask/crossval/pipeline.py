@@ -33,6 +33,7 @@ from bitnet_xtask.events import NullReporter, Reporter
 from bitnet_xtask.fs import hash_file
 
 if TYPE_CHECKING:
+    from bitnet_xtask.crossval.traces import TraceRequest
     from bitnet_xtask.hf.checkpoint import Checkpoint
 
 T = TypeVar("T")
@@ -62,6 +63,7 @@ class FullCrossvalRequest:
     hf_repo: str | None = None  # --hf-id: a checkpoint to fetch (into models_dir)
     hf_revision: str = "main"  # --hf-rev
     hf_dtype: str = "float32"
+    trace: TraceRequest | None = None  # --trace
 
     @property
     def has_checkpoint(self) -> bool:
@@ -284,6 +286,7 @@ def run_full_crossval(
         threads=request.threads,
         timeout=request.timeout,
         hf_dtype=request.hf_dtype,
+        trace=request.trace,
     )
     return steps.run("crossval", lambda: run_crossval(crossval, reporter),
                      f"rerun it alone: xtask crossval --model {model}")  # fmt: skip

@@ -181,6 +181,50 @@ def _structure_errors(receipt: dict[str, Any]) -> list[str]:
             )
         for index, run in enumerate(model["runs"], 1):
             errors += _run_structure_errors(f"{name}, run {index}", run, specs, pairs)
+            errors += _paths_structure_errors(f"{name}, run {index}", run, receipt)
+    return errors
+
+
+def _paths_structure_errors(where: str, run: dict[str, Any], receipt: dict[str, Any]) -> list[str]:
+    """With --paths, every cpp: and cmd: engine has its paths recorded (none without),
+    each as `_engine_paths_errors` says."""
+    backends = receipt["backends"]
+    engines = [b["spec"] for b in backends if b["identity"]["kind"] in ("cpp", "cmd")]
+    wanted = engines if receipt["settings"].get("paths") else []
+    sections = run.get("paths", [])
+    recorded = [section["backend"] for section in sections]
+    if recorded != wanted:
+        return [f"{where}: execution paths are recorded for {recorded}, but the settings "
+                f"and backends give {wanted}"]  # fmt: skip
+    reference = backends[0]["spec"]
+    return [e for section in sections for e in _engine_paths_errors(where, section, reference)]
+
+
+def _engine_paths_errors(where: str, section: dict[str, Any], reference: str) -> list[str]:
+    """One engine's paths: each labelled by its settings, none twice nor the baseline,
+    each compared with the baseline and with the reference (none for the reference)."""
+    from bitnet_xtask.crossval.eval_options import ExecutionPath
+    from bitnet_xtask.crossval.paths import path_name
+
+    spec, errors = section["backend"], []
+    paths = [section["baseline"], *(check["path"] for check in section["paths"])]
+    labels = [path["label"] for path in paths]
+    if labels != [ExecutionPath(**{k: v for k, v in p.items() if k != "label"}).label()
+                  for p in paths]:  # fmt: skip
+        errors.append(f"{where} / {spec}: a path's label is not its settings")
+    if len(set(labels)) != len(labels):
+        errors.append(f"{where} / {spec}: a path is recorded twice, or is the baseline")
+    for check in section["paths"]:
+        name = path_name(spec, check["path"]["label"])
+        pairs = [(check["against_baseline"], path_name(spec, labels[0]))]
+        if (check["against_reference"] is None) != (spec == reference):
+            errors.append(f"{where} / {name}: compared with the reference {reference!r} "
+                          "exactly when it is not the reference")  # fmt: skip
+        elif check["against_reference"] is not None:
+            pairs.append((check["against_reference"], reference))
+        errors += [f"{where} / {name}: a comparison names other backends"
+                   for c, against in pairs
+                   if (c["reference"], c["candidate"]) != (against, name)]  # fmt: skip
     return errors
 
 
@@ -216,8 +260,10 @@ def _recorded_tolerances(model: dict[str, Any]) -> tuple[metrics.Tolerances, lis
     """The thresholds recorded for a model, and an error if they claim a built-in
     profile's name with other numbers."""
     recorded = model["tolerances"]
+    # a receipt written before --trace has no max_tensor_rel_err: its profile's, or strict's
+    base = metrics.PROFILES.get(recorded["name"], metrics.PROFILES["strict"])
     tolerances = metrics.Tolerances(
-        **{f.name: recorded[f.name] for f in fields(metrics.Tolerances)}
+        **{f.name: recorded.get(f.name, getattr(base, f.name)) for f in fields(metrics.Tolerances)}
     )
     builtin = metrics.PROFILES.get(tolerances.name)
     if builtin is None or builtin == tolerances:
@@ -248,7 +294,7 @@ def _shared_errors(run: dict[str, Any], tolerances: metrics.Tolerances, name: st
     return errors
 
 
-def _model_errors(model: dict[str, Any]) -> tuple[list[str], bool]:
+def _model_errors(model: dict[str, Any], receipt: dict[str, Any]) -> tuple[list[str], bool]:
     """Where one model's record contradicts itself, and whether it failed."""
     name = Path(model["path"]).name
     tolerances, errors = _recorded_tolerances(model)
@@ -262,7 +308,85 @@ def _model_errors(model: dict[str, Any]) -> tuple[list[str], bool]:
             errors += found
             failed |= not passed
         errors += _shared_errors(run, tolerances, name)
+        errors += _trace_errors(run, tolerances, name, receipt)
+        found, passed = _paths_errors(run, tolerances, name)
+        errors += found
+        failed |= not passed
     return errors, failed
+
+
+def _paths_errors(
+    run: dict[str, Any], tolerances: metrics.Tolerances, name: str
+) -> tuple[list[str], bool]:
+    """Each --paths comparison's verdict follows from its numbers (as every comparison's:
+    `_comparison_errors`, the tokenization aside: a path evaluates the run's ids), a path
+    passed exactly when its comparisons did, an engine exactly when its paths did; and
+    whether they all passed."""
+    errors, every = [], True
+    for section in run.get("paths", []):
+        engine = True
+        for check in section["paths"]:
+            where = f"{name} / {section['backend']} at {check['path']['label']}"
+            compared = [check["against_baseline"], check["against_reference"]]
+            passed = True
+            for comparison in (c for c in compared if c is not None):
+                found, ok = _comparison_errors(comparison, tolerances, {**run, "tokenization": []},
+                                               where)  # fmt: skip
+                errors += found
+                passed &= ok
+            if check["passed"] != passed:
+                errors.append(f"{where}: recorded passed={check['passed']}, but its "
+                              f"comparisons say passed={passed}")  # fmt: skip
+            engine &= passed
+        if section["passed"] != engine:
+            errors.append(f"{name} / {section['backend']}: its paths are recorded "
+                          f"passed={section['passed']}, but they say passed={engine}")  # fmt: skip
+        every &= engine
+    return errors, every
+
+
+def _trace_errors(
+    run: dict[str, Any], tolerances: metrics.Tolerances, name: str, receipt: dict[str, Any]
+) -> list[str]:
+    """Each trace comparison's judgements follow from its numbers: it compares a
+    candidate of the run with its reference (the first backend), once, and only when the
+    settings asked for traces; its tolerance is the profile's; a step is over exactly
+    when its relative error exceeds it (a NaN, recorded as null, is over) or its shapes
+    could not be compared; the first divergence is the first step over."""
+    specs = [b["spec"] for b in receipt["backends"]]
+    traces = run.get("traces", [])
+    errors = []
+    if traces and receipt["settings"].get("trace") is None:
+        errors.append(f"{name}: traces recorded, but the settings asked for none")
+    candidates = [t["candidate"] for t in traces]
+    if len(set(candidates)) != len(candidates):
+        errors.append(f"{name}: a candidate's trace is recorded twice")
+    for trace in traces:
+        where = f"{name} / trace of {trace['candidate']}"
+        if trace["reference"] != specs[0] or trace["candidate"] not in specs[1:]:
+            errors.append(f"{where}: not a candidate of this run against its reference "
+                          f"{specs[0]!r}")  # fmt: skip
+        if trace["tolerance"] != tolerances.max_tensor_rel_err:
+            errors.append(f"{where}: tolerance {trace['tolerance']} is not the profile's "
+                          f"{tolerances.max_tensor_rel_err}")  # fmt: skip
+        for step in trace["steps"]:
+            measured, status = step["metrics"], step["status"]
+            rel_err = None if measured is None else measured["rel_err"]
+            if (measured is not None) != (status == "compared"):
+                errors.append(f"{where}: {step['label']} is {status} but has "
+                              f"{'no ' * (measured is None)}metrics")  # fmt: skip
+            over = status == "incomparable" or (
+                measured is not None and (rel_err is None or rel_err > trace["tolerance"])
+            )
+            if step["over"] != over:
+                errors.append(f"{where}: {step['label']} is recorded over={step['over']}, "
+                              f"but its rel_err {rel_err} says {over}")  # fmt: skip
+        first = next((s["label"] for s in trace["steps"] if s["over"]), None)
+        if trace["first_divergence"] != first:
+            recorded = trace["first_divergence"]
+            errors.append(f"{where}: the first divergence is recorded as {recorded!r}, "
+                          f"but the first step over is {first!r}")  # fmt: skip
+    return errors
 
 
 def verdict_errors(receipt: dict[str, Any]) -> list[str]:
@@ -271,7 +395,7 @@ def verdict_errors(receipt: dict[str, Any]) -> list[str]:
     errors = _structure_errors(receipt)
     any_failed = False
     for model in receipt["models"]:
-        found, failed = _model_errors(model)
+        found, failed = _model_errors(model, receipt)
         errors += found
         any_failed |= failed
     if receipt["verdict"]["passed"] == any_failed:

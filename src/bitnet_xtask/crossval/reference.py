@@ -73,6 +73,15 @@ from bitnet_xtask.errors import UsageError, XtaskError
 Floats = npt.NDArray[np.float64]
 Logits = npt.NDArray[np.float32]
 
+Tracer = Callable[[str, npt.NDArray[Any], str], None]
+"""Called with (name, tensor, op) at each step of the prompt's evaluation (`--trace`):
+the names and ops are llama.cpp's graph's (`trace_map`), the tensor positions first."""
+
+
+def _untraced(name: str, tensor: npt.NDArray[Any], op: str) -> None:
+    """The tracer of an evaluation nobody traces."""
+
+
 DEFAULT_WEIGHT_CACHE_BYTES = 2 << 30
 """How many bytes of weights (float32, or int8 ternary codes) a model keeps between steps
 and calls: 2 GiB holds BitNet b1.58 2B-4T's 2.08 G ternary codes."""
@@ -457,30 +466,52 @@ class ReferenceModel:
     def _norm(self, x: Floats, name: str) -> Floats:
         return rms_norm(x, self.weights.array(name), self.hparams.rms_eps)
 
-    def _attention(self, x: Floats, layer: int, rope: Rope, cache: KVCache) -> Floats:
+    def _attention(
+        self, x: Floats, layer: int, rope: Rope, cache: KVCache, emit: Tracer = _untraced
+    ) -> Floats:
         """The attention block's contribution to the residual stream of the new positions
         x; their keys and values join `cache`."""
         hp = self.hparams
         h = self._norm(x, f"blk.{layer}.attn_norm.weight")
+        emit(f"attn_norm-{layer}", h, "MUL")
         n_new = x.shape[0]
-        q = self._project(h, layer, "attn_q").reshape(n_new, hp.n_head, hp.head_dim)
-        k = self._project(h, layer, "attn_k").reshape(n_new, hp.n_head_kv, hp.head_dim)
-        v = self._project(h, layer, "attn_v").reshape(n_new, hp.n_head_kv, hp.head_dim)
-        q, k = rope.apply(q), rope.apply(k)
+        heads = {"q": hp.n_head, "k": hp.n_head_kv, "v": hp.n_head_kv}
+        qkv = {}
+        for name, count in heads.items():
+            projected = self._project(h, layer, f"attn_{name}")
+            emit(f"{name.upper()}cur-{layer}", projected, "MUL_MAT")
+            qkv[name] = projected.reshape(n_new, count, hp.head_dim)
+        q, k, v = rope.apply(qkv["q"]), rope.apply(qkv["k"]), qkv["v"]
+        emit(f"Qcur-{layer}", q, "ROPE")
+        emit(f"Kcur-{layer}", k, "ROPE")
         keys, values = cache.append(layer, k, v)
         a = causal_attention(q, keys, values, 1.0 / math.sqrt(hp.head_dim))
+        emit(f"kqv_out-{layer}", a, "CONT")
         if self.graph.sub_norms:
             a = self._norm(a, f"blk.{layer}.attn_sub_norm.weight")
-        return self._project(a, layer, "attn_output")
+            emit(f"attn_sub_norm-{layer}", a, "MUL")
+        out = self._project(a, layer, "attn_output")
+        emit(f"attn_out-{layer}", out, "MUL_MAT")
+        return out
 
-    def _feed_forward(self, x: Floats, layer: int) -> Floats:
+    def _feed_forward(self, x: Floats, layer: int, emit: Tracer = _untraced) -> Floats:
         """The FFN block's contribution to the residual stream: act(gate) * up."""
         h = self._norm(x, f"blk.{layer}.ffn_norm.weight")
+        emit(f"ffn_norm-{layer}", h, "MUL")
         act = ACTIVATIONS[self.graph.ffn_activation]
-        f = act(self._project(h, layer, "ffn_gate")) * self._project(h, layer, "ffn_up")
+        gate, up = self._project(h, layer, "ffn_gate"), self._project(h, layer, "ffn_up")
+        emit(f"ffn_gate-{layer}", gate, "MUL_MAT")
+        emit(f"ffn_up-{layer}", up, "MUL_MAT")
+        activated = act(gate)
+        emit(f"ffn_act-{layer}", activated, self.graph.ffn_activation.upper())
+        f = activated * up
+        emit(f"ffn_gate_par-{layer}", f, "MUL")
         if self.graph.sub_norms:
             f = self._norm(f, f"blk.{layer}.ffn_sub_norm.weight")
-        return self._project(f, layer, "ffn_down")
+            emit(f"ffn_sub_norm-{layer}", f, "MUL")
+        out = self._project(f, layer, "ffn_down")
+        emit(f"ffn_out-{layer}", out, "MUL_MAT")
+        return out
 
     def head_tensor(self) -> str:
         """The output matrix: output.weight, else the token embeddings (always, for bitnet)."""
@@ -501,18 +532,31 @@ class ReferenceModel:
         if tokens.min() < 0 or tokens.max() >= n_vocab:
             raise XtaskError(f"token ids must lie in [0, {n_vocab}), the model's vocabulary")
 
-    def forward(self, token_ids: Sequence[int], cache: KVCache, last_only: bool = False) -> Logits:
+    def forward(
+        self,
+        token_ids: Sequence[int],
+        cache: KVCache,
+        last_only: bool = False,
+        emit: Tracer = _untraced,
+    ) -> Logits:
         """Logits after each of `token_ids`, which follow the cache's positions: (n,
         n_vocab) float32, row i after token i (only the last row when `last_only`). The
-        tokens' keys and values join `cache`."""
+        tokens' keys and values join `cache`; `emit` sees every step's tensor."""
         tokens = np.asarray(token_ids, dtype=np.int64)
         self._check(tokens)
         rope = Rope.at(self, np.arange(cache.n_pos, cache.n_pos + tokens.size))
         x: Floats = self.weights.rows("token_embd.weight", tokens).astype(np.float64)
+        emit("inp_embd", x, "GET_ROWS")
         for layer in range(self.hparams.n_layer):
-            x = x + self._attention(x, layer, rope, cache)
-            x = x + self._feed_forward(x, layer)
-        return self._head(self._norm(x[-1:] if last_only else x, "output_norm.weight"))
+            x = x + self._attention(x, layer, rope, cache, emit)
+            emit(f"ffn_inp-{layer}", x, "ADD")
+            x = x + self._feed_forward(x, layer, emit)
+            emit(f"l_out-{layer}", x, "ADD")
+        normed = self._norm(x[-1:] if last_only else x, "output_norm.weight")
+        emit("result_norm", normed, "MUL")
+        logits = self._head(normed)
+        emit("result_output", logits, "MUL_MAT")
+        return logits
 
     def logits(self, token_ids: Sequence[int]) -> Logits:
         """Logits after each token: (len(token_ids), n_vocab) float32, row i after token i."""
@@ -529,10 +573,13 @@ class ReferenceModel:
         cache = KVCache.empty(self.hparams)
         return self._continue(self.forward(token_ids, cache, last_only=True)[-1], cache, n)
 
-    def evaluate(self, token_ids: Sequence[int], n: int) -> tuple[Logits, list[int]]:
-        """`logits(token_ids)` and `greedy(token_ids, n)`, from one pass over the prompt."""
+    def evaluate(
+        self, token_ids: Sequence[int], n: int, emit: Tracer = _untraced
+    ) -> tuple[Logits, list[int]]:
+        """`logits(token_ids)` and `greedy(token_ids, n)`, from one pass over the prompt
+        (whose steps `emit` sees; the continuation's are not traced)."""
         cache = KVCache.empty(self.hparams)
-        logits = self.forward(token_ids, cache)
+        logits = self.forward(token_ids, cache, emit=emit)
         return logits, self._continue(logits[-1], cache, n)
 
     def _continue(self, last: Logits, cache: KVCache, n: int) -> list[int]:

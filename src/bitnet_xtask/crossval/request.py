@@ -18,6 +18,7 @@ from bitnet_xtask.crossval import metrics
 from bitnet_xtask.crossval.backends import DEFAULT_TIMEOUT, Backend
 from bitnet_xtask.crossval.model_facts import ModelFacts, ModelLimits, inspect_model
 from bitnet_xtask.crossval.results import Settings
+from bitnet_xtask.crossval.traces import TraceRequest
 from bitnet_xtask.errors import UsageError
 
 if TYPE_CHECKING:
@@ -58,6 +59,8 @@ class CrossvalRequest:
     threads: int | None = None
     timeout: float = DEFAULT_TIMEOUT  # seconds per engine call; then its process group is killed
     hf_dtype: str = "float32"  # what an hf: backend computes in (crossval.hf_backend.DTYPES)
+    trace: TraceRequest | None = None  # --trace: intermediate tensors, compared step by step
+    paths: bool = False  # --paths: each cpp: and cmd: engine against itself (crossval.paths)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backends", reference_first(self.backends))
@@ -76,6 +79,8 @@ class CrossvalRequest:
             prompts=self.prompts if self.token_ids is None else (),
             token_ids=self.token_ids,
             hf_dtype=self.hf_dtype,
+            trace=self.trace,
+            paths=self.paths,
         )
 
 
@@ -161,7 +166,8 @@ def prompt_problem(model: Path, limits: ModelLimits, prompt: str, n_predict: int
 
 
 def check_counts(request: CrossvalRequest) -> None:
-    """Two backends or more, one model or more."""
+    """Two backends or more, one model or more; with --paths, an engine whose path can
+    be varied (`paths.check_paths_request`)."""
     if len(request.backends) < 2:
         raise UsageError(
             "crossval compares at least two backends",
@@ -169,6 +175,10 @@ def check_counts(request: CrossvalRequest) -> None:
         )
     if not request.models:
         raise UsageError("no models to compare")
+    if request.paths:
+        from bitnet_xtask.crossval.paths import check_paths_request
+
+        check_paths_request(request.backends)
 
 
 #: What to do when the first backend cannot tokenize the prompts.

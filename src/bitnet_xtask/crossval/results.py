@@ -18,6 +18,9 @@ from bitnet_xtask.crossval.model_facts import ModelFacts
 
 if TYPE_CHECKING:
     from bitnet_xtask.crossval.audit import ConfigAudit
+    from bitnet_xtask.crossval.paths import BackendPaths
+    from bitnet_xtask.crossval.trace_compare import TraceComparison
+    from bitnet_xtask.crossval.traces import TraceRequest
 
 RECEIPT_KIND = "bitnet-xtask/crossval-receipt"
 RECEIPT_VERSION = 1
@@ -137,6 +140,8 @@ class PromptRun:
     evaluations: tuple[EvaluationRecord, ...]  # one per backend
     comparisons: tuple[Comparison, ...]  # one per backend after the first
     shared_deviations: tuple[SharedDeviation, ...] = ()
+    traces: tuple[TraceComparison, ...] = ()  # --trace: one per candidate that traced
+    paths: tuple[BackendPaths, ...] = ()  # --paths: one per cpp: and cmd: backend
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -146,6 +151,8 @@ class PromptRun:
             "evaluations": [e.to_json() for e in self.evaluations],
             "comparisons": [c.to_json() for c in self.comparisons],
             "shared_deviations": [s.to_json() for s in self.shared_deviations],
+            "traces": [t.to_json() for t in self.traces],
+            "paths": [p.to_json() for p in self.paths],
         }
 
 
@@ -166,16 +173,19 @@ class ModelResult:
     audit: ConfigAudit | None = None  # config.json against the GGUF, with an hf: reference
 
     def failures(self) -> list[dict[str, Any]]:
-        """Every failure of this model, each message naming the model (and candidate)."""
+        """Every failure of this model, each message naming the model (and candidate, and
+        for --paths the engine's path)."""
         if self.error is not None:
             return [_failure("backend_error", f"{self.facts.name}: {self.error}")]
-        return [
+        compared = [
             {**failure.to_dict(),
              "message": f"{self.facts.name} / {c.candidate}: {failure.message()}"}
             for run in self.runs
             for c in run.comparisons
             for failure in c.verdict.failures
         ]  # fmt: skip
+        paths = [f for run in self.runs for p in run.paths for f in p.failures(self.facts.name)]
+        return compared + paths
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -197,10 +207,17 @@ class Settings:
     prompts: tuple[str, ...]  # () when ids were given
     token_ids: tuple[int, ...] | None
     hf_dtype: str = "float32"
+    trace: TraceRequest | None = None
+    paths: bool = False  # --paths: every cpp: and cmd: backend over its execution paths
 
     def to_json(self) -> dict[str, Any]:
+        trace = None
+        if self.trace is not None:
+            trace = {"pattern": self.trace.pattern, "max_bytes": self.trace.max_bytes}
         return {
             "hf_dtype": self.hf_dtype,
+            "trace": trace,
+            "paths": self.paths,
             "n_predict": self.n_predict,
             "top_k": self.top_k,
             "profile": self.profile,

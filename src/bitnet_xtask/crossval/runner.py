@@ -4,8 +4,10 @@ For each model and prompt: the first backend tokenizes the prompt; every backend
 tokenizes too is checked for the same ids; every backend evaluates those ids; each
 backend after the first is compared with it (logits per position, greedy continuation,
 its own tokenization) and judged against the model's tolerance profile
-(`metrics.verdict`). The result stays typed (`crossval.results`) until the caller asks
-for the receipt (`CrossvalResult.to_receipt()`).
+(`metrics.verdict`); with --paths, each cpp: and cmd: engine is run again along its
+execution paths, each path judged the same way against the engine's own evaluation and
+the reference's (`crossval.paths`). The result stays typed (`crossval.results`) until
+the caller asks for the receipt (`CrossvalResult.to_receipt()`).
 
 A model one backend cannot run fails alone, recorded in the receipt, whichever backend
 it is and whatever it raised: the runner reaches backends only through `Guarded`, which
@@ -26,10 +28,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from bitnet_xtask.crossval import metrics
 from bitnet_xtask.crossval.backends import Backend, CppBackend, Evaluation, make_backend
+from bitnet_xtask.crossval.eval_options import DEFAULT_OPTIONS, EvalOptions, ExecutionPath
 from bitnet_xtask.crossval.request import (
     CONTEXT_HINT,
     TOKENIZER_HINT,
@@ -50,6 +53,10 @@ from bitnet_xtask.crossval.results import (
     TokenizationParity,
 )
 from bitnet_xtask.errors import Interrupted, NoSpaceError, UsageError, XtaskError
+
+if TYPE_CHECKING:
+    from bitnet_xtask.crossval.paths import BackendPaths
+    from bitnet_xtask.crossval.trace_compare import TraceComparison
 from bitnet_xtask.events import NullReporter, Reporter
 
 T = TypeVar("T")
@@ -94,8 +101,15 @@ class Guarded:
     def tokenize(self, model: Path, prompt: str, workdir: Path) -> list[int] | None:
         return self.call(lambda: self.backend.tokenize(model, prompt, workdir))
 
-    def evaluate(self, model: Path, tokens: list[int], n_predict: int, workdir: Path) -> Evaluation:
-        return self.call(lambda: self.backend.evaluate(model, tokens, n_predict, workdir))
+    def evaluate(
+        self,
+        model: Path,
+        tokens: list[int],
+        n_predict: int,
+        workdir: Path,
+        options: EvalOptions = DEFAULT_OPTIONS,
+    ) -> Evaluation:
+        return self.call(lambda: self.backend.evaluate(model, tokens, n_predict, workdir, options))
 
 
 def _compare(
@@ -202,14 +216,86 @@ def _run_prompt(ctx: _Context, prompt: str | None, workdir: Path) -> PromptRun:
         if problem := context_problem(facts.path, facts.limits, len(tokens), request.n_predict):
             raise UsageError(f"the prompt {prompt[:40]!r}...: {problem}", CONTEXT_HINT)
     evaluations = []
+    options = EvalOptions(trace=request.trace)
     for index, backend in enumerate(ctx.backends):
         ctx.reporter.info(f"  {backend.spec}: evaluating {len(tokens)} tokens")
         where = workdir / str(index) / "eval"
-        evaluations.append(backend.evaluate(facts.path, tokens, request.n_predict, where))
+        evaluations.append(backend.evaluate(facts.path, tokens, request.n_predict, where, options))
     records = tuple(_record(b.spec, e) for b, e in zip(ctx.backends, evaluations, strict=True))
     comparisons = _comparisons(ctx, evaluations, parity)
     shared = _shared_deviations(ctx, evaluations, comparisons)
-    return PromptRun(prompt, tuple(tokens), parity, records, comparisons, shared)
+    traces = _traces(ctx, evaluations)
+    paths = _paths(ctx, tokens, evaluations, comparisons, workdir)
+    return PromptRun(prompt, tuple(tokens), parity, records, comparisons, shared, traces,
+                     paths)  # fmt: skip
+
+
+def _traces(ctx: _Context, evaluations: Sequence[Evaluation]) -> tuple[TraceComparison, ...]:
+    """--trace: each candidate's intermediate tensors against the reference's, each
+    finding reported (`tracing`)."""
+    if ctx.request.trace is None:
+        return ()
+    from bitnet_xtask.crossval.tracing import trace_comparisons
+
+    backends = [b.backend for b in ctx.backends]
+    tolerance = ctx.model.tolerances.max_tensor_rel_err
+    try:
+        compared, untraced = trace_comparisons(backends, evaluations, ctx.model.facts.path,
+                                               tolerance)  # fmt: skip
+    except (NoSpaceError, Interrupted):
+        raise
+    except (XtaskError, OSError, ValueError) as exc:
+        raise ModelError(f"comparing traces: {exc}") from exc
+    for line in untraced:
+        ctx.reporter.info(f"  trace: {line}")
+    for comparison in compared:
+        ctx.reporter.info(f"  trace {comparison.candidate}: {comparison.message()}")
+    return compared
+
+
+def _path_evaluator(
+    ctx: _Context, backend: Guarded, tokens: list[int]
+) -> Callable[[ExecutionPath, Path], Evaluation]:
+    """`backend` evaluating `tokens` along a path; its failure names the path."""
+
+    def evaluate(path: ExecutionPath, where: Path) -> Evaluation:
+        try:
+            return backend.evaluate(ctx.model.facts.path, tokens, ctx.request.n_predict, where,
+                                    EvalOptions(path=path))  # fmt: skip
+        except ModelError as exc:
+            raise ModelError(f"{exc} (at {path.label()})") from exc
+
+    return evaluate
+
+
+def _paths(
+    ctx: _Context,
+    tokens: list[int],
+    evaluations: Sequence[Evaluation],
+    comparisons: Sequence[Comparison],
+    workdir: Path,
+) -> tuple[BackendPaths, ...]:
+    """--paths: each cpp: and cmd: engine along its execution paths, each path against
+    the engine's own evaluation and the reference's (`crossval.paths`)."""
+    if not ctx.request.paths:
+        return ()
+    from bitnet_xtask.crossval.paths import Baseline, check_paths, path_matrix
+
+    def compare(specs: tuple[str, str], pair: tuple[Evaluation, Evaluation]) -> Comparison:
+        return _compare(specs, pair, ctx.model.tolerances, ctx.request.top_k, None)
+
+    found = []
+    for index, backend in enumerate(ctx.backends):
+        matrix = path_matrix(backend.backend, len(tokens))
+        if matrix is None:
+            continue
+        first = index == 0  # the reference: its own evaluation is what the others are judged by
+        agrees = None if first else comparisons[index - 1].verdict.passed
+        reference = None if first else (ctx.backends[0].spec, evaluations[0])
+        found.append(check_paths(Baseline(backend.spec, evaluations[index], agrees), matrix,
+                                 _path_evaluator(ctx, backend, tokens), reference, compare,
+                                 workdir / str(index) / "paths", ctx.reporter))  # fmt: skip
+    return tuple(found)
 
 
 def _run_model(ctx: _Context, workdir: Path) -> ModelResult:

@@ -138,6 +138,9 @@ def _summary_table(event: CrossvalDone) -> str:
         for comparison in model["comparisons"]:
             rows.append(_row(name, comparison))
             rows += [f"    {message}" for message in comparison["failures"]]
+            if trace := comparison["trace"]:
+                rows.append(f"    trace: {trace}")
+        rows += [f"{name:34} paths: {summary}" for summary in model["paths"]]
     rows += [f"finding: {finding}" for finding in event["findings"]]
     return "\n".join(rows)
 

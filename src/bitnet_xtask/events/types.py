@@ -181,12 +181,14 @@ class ComparisonRow(TypedDict):
     passed: bool
     profile: str
     failures: list[str]
+    trace: str | None  # --trace: the trace comparison's finding
 
 
 class ModelRow(TypedDict):
     path: str
     error: str | None
     comparisons: list[ComparisonRow]
+    paths: list[str]  # --paths: each engine that disagreed with itself, in a line
 
 
 class CrossvalDone(_Stamped):

@@ -55,7 +55,12 @@ from bitnet_xtask.crossval.engine_process import (
     read_ids,
     run_engine,
 )
-from bitnet_xtask.crossval.eval_options import DEFAULT_OPTIONS, EvalOptions, ExecutionPath
+from bitnet_xtask.crossval.eval_options import (
+    DEFAULT_OPTIONS,
+    EvalOptions,
+    ExecutionPath,
+    every_core,
+)
 from bitnet_xtask.crossval.logits_file import LogitsFile
 from bitnet_xtask.crossval.traces import Trace, TraceRequest, read_trace
 from bitnet_xtask.errors import UsageError
@@ -383,7 +388,7 @@ class CommandBackend:
             "trace": str(workdir / "trace.npz"),
             "n_batch": str(n_batch),
             "n_ubatch": str(path.n_ubatch or n_batch),
-            "threads": str(path.threads or self.threads or os.cpu_count() or 1),
+            "threads": str(path.threads or self.threads or every_core()),
         }
         Path(files["tokens"]).write_text(json.dumps({"tokens": tokens}), encoding="utf-8")
         argv = command_line(self.template, files)

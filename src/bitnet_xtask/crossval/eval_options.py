@@ -8,10 +8,18 @@ whole-prompt evaluation, as crossval always did.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 from bitnet_xtask.crossval.traces import TraceRequest
+
+
+def every_core() -> int:
+    """The thread count an engine gets by default: every core, as the harness takes it
+    (std::thread::hardware_concurrency(), `cpp/harness/xtask_logits.cpp`, parse_args)."""
+    return os.cpu_count() or 1
+
 
 #: The settings a path can fix, in the order a label names them, with the harness flag of each.
 SETTINGS = {"n_batch": "--n-batch", "n_ubatch": "--n-ubatch", "threads": "--threads",

@@ -41,7 +41,6 @@ at n_batch=32, right at n_batch=1 and 3 (tests/engines/batch_bug_engine.py).
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -51,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from bitnet_xtask.crossval.backends import Backend, CommandBackend, CppBackend, Evaluation
-from bitnet_xtask.crossval.eval_options import ExecutionPath
+from bitnet_xtask.crossval.eval_options import ExecutionPath, every_core
 from bitnet_xtask.crossval.results import Comparison
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.events import Reporter
@@ -125,11 +124,8 @@ def path_matrix(backend: Backend, n_tokens: int) -> PathMatrix | None:
         settings = template_settings(backend.template)
     else:
         return None
-    every_core = os.cpu_count() or 1
-    # The harness's default is every core too (std::thread::hardware_concurrency(),
-    # cpp/harness/xtask_logits.cpp, parse_args), as is CommandBackend's {threads}.
     default = {"n_batch": n_tokens, "n_ubatch": n_tokens, "n_gpu_layers": 0,
-               "threads": backend.threads or every_core}  # fmt: skip
+               "threads": backend.threads or every_core()}  # fmt: skip
     base = ExecutionPath(**{name: default[name] for name in settings})
     candidates = []
     if base.n_batch is not None:
@@ -139,7 +135,7 @@ def path_matrix(backend: Backend, n_tokens: int) -> PathMatrix | None:
     if base.n_ubatch is not None:
         candidates += [replace(base, n_ubatch=u) for u in UBATCH_SIZES]
     if base.threads is not None:
-        candidates += [replace(base, threads=t) for t in (1, every_core)]
+        candidates += [replace(base, threads=t) for t in (1, every_core())]
     if base.n_gpu_layers is not None:
         candidates.append(replace(base, n_gpu_layers=ALL_LAYERS))
     unique = dict.fromkeys(path.resolved(n_tokens) for path in candidates)

@@ -22,7 +22,9 @@ no RAM) and a greedy continuation. Four kinds, named on the command line by a sp
   prompt in one call, every core) are replaced in each argument; the program reads the
   token ids from `{tokens}` (JSON: `{"tokens": [...]}`), writes float32 or float64
   logits of shape (n_tokens, n_vocab) to `{logits}` as `.npy` and, when
-  `{continuation}` appears, its greedy token ids as JSON `{"tokens": [...]}`.
+  `{continuation}` appears, its greedy token ids as JSON `{"tokens": [...]}`; with
+  `crossval --trace`, when `{trace}` appears, its intermediate tensors as a `.npz`
+  (`traces`: the layout).
 
 Backends that can tokenize (the cpp harness in its tokenize-only mode; hf, with the
 checkpoint's tokenizer) are asked to tokenize the prompt, so crossval can check

@@ -53,11 +53,11 @@ from bitnet_xtask.crossval.results import (
     TokenizationParity,
 )
 from bitnet_xtask.errors import Interrupted, NoSpaceError, UsageError, XtaskError
+from bitnet_xtask.events import NullReporter, Reporter
 
 if TYPE_CHECKING:
     from bitnet_xtask.crossval.paths import BackendPaths
     from bitnet_xtask.crossval.trace_compare import TraceComparison
-from bitnet_xtask.events import NullReporter, Reporter
 
 T = TypeVar("T")
 

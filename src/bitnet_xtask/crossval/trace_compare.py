@@ -22,7 +22,7 @@ conversion bug, which only the checkpoint can show.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -91,53 +91,57 @@ BLOCK_VALUES = 1 << 20
 of a block, never of a whole (n_tokens x n_vocab) tensor."""
 
 
-def _row_blocks(n_rows: int, width: int) -> range:
-    return range(0, n_rows, max(1, BLOCK_VALUES // max(width, 1)))
-
-
-def relative_error(reference: Array, candidate: Array) -> tuple[float, int]:
-    """The worst position's relative L2 error, and that position (NaN anywhere: NaN). A
-    position whose reference is zero is measured against the mean row norm instead."""
-    step = _row_blocks(reference.shape[0], reference.shape[1]).step
-    diff, norms = [], []
-    for start in range(0, reference.shape[0], step):
+def _blocks(reference: Array, candidate: Array) -> Iterator[tuple[int, Array, Array]]:
+    """(first row, reference rows, candidate rows) in float64, a block of rows at a time."""
+    n_rows, width = reference.shape
+    step = max(1, BLOCK_VALUES // max(width, 1))
+    for start in range(0, n_rows, step):
         ref = np.asarray(reference[start : start + step], np.float64)
-        cand = np.asarray(candidate[start : start + step], np.float64)
-        diff.append(np.linalg.norm(cand - ref, axis=1))
-        norms.append(np.linalg.norm(ref, axis=1))
-    d, n = np.concatenate(diff), np.concatenate(norms)
-    floor = max(float(np.nanmean(n)) * 1e-6, TINY) if np.isfinite(n).any() else TINY
-    per_position = d / np.maximum(n, floor)
+        yield start, ref, np.asarray(candidate[start : start + step], np.float64)
+
+
+def _worst_position(diff_norms: Array, ref_norms: Array) -> tuple[float, int]:
+    """The largest ||c_p - r_p|| / ||r_p|| and its position (NaN anywhere: NaN). A
+    position whose reference is zero is measured against the mean row norm instead."""
+    finite = np.isfinite(ref_norms).any()
+    floor = max(float(np.nanmean(ref_norms)) * 1e-6, TINY) if finite else TINY
+    per_position = diff_norms / np.maximum(ref_norms, floor)
     if np.isnan(per_position).any():
         return math.nan, int(np.argmax(np.isnan(per_position)))
     worst = int(np.argmax(per_position))
     return float(per_position[worst]), worst
 
 
+def relative_error(reference: Array, candidate: Array) -> tuple[float, int]:
+    """The worst position's relative L2 error, and that position (`_worst_position`)."""
+    norms = [(np.linalg.norm(c - r, axis=1), np.linalg.norm(r, axis=1))
+             for _, r, c in _blocks(reference, candidate)]  # fmt: skip
+    return _worst_position(*(np.concatenate(side) for side in zip(*norms, strict=True)))
+
+
 def tensor_metrics(reference: Array, candidate: Array, head_dim: int | None) -> TensorMetrics:
-    """The metrics of `candidate` against `reference`, both (n_tokens, features),
-    computed a block of rows at a time."""
-    rel_err, worst = relative_error(reference, candidate)
-    n_rows, width = reference.shape
-    diff_sq = ref_sq = cand_sq = dot = 0.0
+    """The metrics of `candidate` against `reference`, both (n_tokens, features), in one
+    pass a block of rows at a time."""
+    width = reference.shape[1]
+    diff_norms, ref_norms = [], []
+    cand_sq = dot = 0.0
     max_abs, at = -1.0, (0, 0)
-    for start in _row_blocks(n_rows, width):
-        stop = start + _row_blocks(n_rows, width).step
-        ref = np.asarray(reference[start:stop], np.float64)
-        cand = np.asarray(candidate[start:stop], np.float64)
+    for start, ref, cand in _blocks(reference, candidate):
         diff = np.abs(cand - ref)
-        diff_sq += float(np.sum(diff * diff))
-        ref_sq += float(np.sum(ref * ref))
+        diff_norms.append(np.linalg.norm(diff, axis=1))
+        ref_norms.append(np.linalg.norm(ref, axis=1))
         cand_sq += float(np.sum(cand * cand))
         dot += float(np.sum(ref * cand))
         flat = int(np.nanargmax(diff)) if not np.isnan(diff).all() else 0
         if not diff.flat[flat] <= max_abs:  # a NaN, or a larger difference
             max_abs, at = float(diff.flat[flat]), (start + flat // width, flat % width)
-    ref_norm, cand_norm = math.sqrt(ref_sq), math.sqrt(cand_sq)
+    rows_diff, rows_ref = np.concatenate(diff_norms), np.concatenate(ref_norms)
+    rel_err, worst = _worst_position(rows_diff, rows_ref)
+    ref_norm, cand_norm = float(np.linalg.norm(rows_ref)), math.sqrt(cand_sq)
     cosine = 1.0 if ref_norm == cand_norm == 0.0 else dot / max(ref_norm * cand_norm, TINY)
     head = None if head_dim is None else at[1] // head_dim
-    return TensorMetrics(rel_err, worst, math.sqrt(diff_sq) / max(ref_norm, TINY), max_abs,
-                         Where(at[0], at[1], head), cosine)  # fmt: skip
+    rel_l2 = float(np.linalg.norm(rows_diff)) / max(ref_norm, TINY)
+    return TensorMetrics(rel_err, worst, rel_l2, max_abs, Where(at[0], at[1], head), cosine)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ let
     python.pkgs.pyelftools
     python.pkgs.requests
     python.pkgs.tqdm
+    python.pkgs.zstandard
     gguf
   ];
   # pyproject.toml's `hf` extra: the crossval ground truth (the `hf:` backend, twin

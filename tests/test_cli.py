@@ -70,7 +70,7 @@ def _start(file: str, total: int) -> DownloadStart:
 
 
 def _progress(file: str, downloaded: int, total: int) -> DownloadProgress:
-    return {"phase": "progress", "command": "download-model", "file": file,
+    return {"phase": "progress", "command": "download-model", "file": file, "path": file,
             "downloaded": downloaded, "total": total}  # fmt: skip
 
 

@@ -47,7 +47,7 @@ import threading
 import time
 import traceback
 import urllib.parse
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -683,18 +683,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, plan: _BodyPlan, fh: BinaryIO) -> None:
         """Send headers and body slices, honouring rate limit, drop and stall faults."""
-        self.send_response(plan.status)
-        for name, value in plan.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(plan.length))
-        self.end_headers()
-        end = plan.start + plan.length
-        if not self._send_body(plan, fh, end if plan.cut_at is None else min(plan.cut_at, end)):
-            self._abort()
-        elif plan.cut_at is not None:
-            if plan.stall_seconds > 0:
-                self._hf.wait_stopping(plan.stall_seconds)
-            self._abort()
+        with self._hf.body_stream():
+            self.send_response(plan.status)
+            for name, value in plan.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(plan.length))
+            self.end_headers()
+            end = plan.start + plan.length
+            limit = end if plan.cut_at is None else min(plan.cut_at, end)
+            if not self._send_body(plan, fh, limit):
+                self._abort()
+            elif plan.cut_at is not None:
+                if plan.stall_seconds > 0:
+                    self._hf.wait_stopping(plan.stall_seconds)
+                self._abort()
 
     def _send_body(self, plan: _BodyPlan, fh: BinaryIO, limit: int) -> bool:
         """Send the file's bytes from ``plan.start`` up to ``limit``, paced to the rate limit;
@@ -756,6 +758,8 @@ class HFTestServer(ServerContext):
         self._by_sha: dict[str, list[_Version]] = {}
         self._signatures: dict[str, _Key] = {}
         self._log: list[RecordedRequest] = []
+        self._bodies = 0
+        self._peak_bodies = 0
         self._errors: list[str] = []
         self._token: str | None = None
         self._gated: frozenset[str] = frozenset()
@@ -882,9 +886,36 @@ class HFTestServer(ServerContext):
             return [replace(r, headers=dict(r.headers)) for r in self._log]
 
     def clear_log(self) -> None:
-        """Forget recorded requests (e.g. after a test's setup phase)."""
+        """Forget recorded requests (e.g. after a test's setup phase); the peak of
+        :attr:`peak_body_streams` starts again from the bodies being sent now."""
         with self._lock:
             self._log.clear()
+            self._peak_bodies = self._bodies
+
+    @property
+    def peak_body_streams(self) -> int:
+        """The most response bodies (GETs answered ``200``/``206``/``416``, on both servers)
+        that were being sent at the same time, since the start or :meth:`clear_log`.
+
+        Why: a client's bound on its connections is only visible on the server side; the
+        request log says which requests came, not how many were open at once.  A body
+        counts from its status line until its last byte is handed to the socket (or the
+        connection is cut), so a client that keeps within its bound never shows more.
+        """
+        with self._lock:
+            return self._peak_bodies
+
+    @contextlib.contextmanager
+    def body_stream(self) -> Iterator[None]:
+        """Count one response body being sent (:attr:`peak_body_streams`)."""
+        with self._lock:
+            self._bodies += 1
+            self._peak_bodies = max(self._peak_bodies, self._bodies)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._bodies -= 1
 
     @property
     def errors(self) -> list[str]:

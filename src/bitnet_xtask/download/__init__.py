@@ -14,6 +14,7 @@ from .defaults import DEFAULT_FILE, DEFAULT_REPO
 if TYPE_CHECKING:
     from .api import download_files, download_model, download_url
     from .manifest import read_manifest
+    from .many import FileRequest, download_many
     from .options import DownloadOptions, FileSpec
     from .plan import plan_download
     from .results import DownloadPlan, DownloadResult
@@ -22,8 +23,10 @@ _LAZY = {
     "DownloadOptions": "options",
     "DownloadPlan": "results",
     "DownloadResult": "results",
+    "FileRequest": "many",
     "FileSpec": "options",
     "download_files": "api",
+    "download_many": "many",
     "download_model": "api",
     "download_url": "api",
     "plan_download": "plan",
@@ -36,8 +39,10 @@ __all__ = [
     "DownloadOptions",
     "DownloadPlan",
     "DownloadResult",
+    "FileRequest",
     "FileSpec",
     "download_files",
+    "download_many",
     "download_model",
     "download_url",
     "plan_download",

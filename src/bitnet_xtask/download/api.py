@@ -9,7 +9,7 @@ version still matches, check the disk, stream, verify the SHA-256, publish atomi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
@@ -109,24 +109,34 @@ def download_url(
 
 
 def _download_one(job: Job) -> DownloadResult:
-    """Run one file's download; a directory it created is removed again if left empty,
-    and one that stays is tagged as ours, whatever the outcome: a failed, interrupted or
-    out-of-space download keeps its `.part` there, and clean-cache may remove it. The
-    destination is checked again just before (`check_destination`): in a multi-file run,
-    what was checked up front may have changed while earlier files downloaded."""
+    """Run one file's download, in its directory (`made_directory`). The destination is
+    checked again just before (`check_destination`): in a multi-file run, what was
+    checked up front may have changed while earlier files downloaded."""
     check_destination(job.target)
-    created = [p for p in (job.target.directory, *job.target.directory.parents) if not p.exists()]
-    try:
-        job.target.directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise fs_error(exc, job.target.directory) from None
-    try:
+    with made_directory(job.target.directory, job.options.out):
         return _download_locked(job)
+
+
+@contextlib.contextmanager
+def made_directory(directory: Path, out: Path) -> Iterator[None]:
+    """`directory`, created for the block if missing; what this created is removed again
+    if left empty, and what stays is tagged as ours (under `out`), whatever the outcome:
+    a failed, interrupted or out-of-space download keeps its `.part` there, and
+    clean-cache may remove it. `download_many` holds every directory of its files for
+    the whole run, so one file's clean-up never removes a directory another file is
+    about to write in."""
+    created = [p for p in (directory, *directory.parents) if not p.exists()]
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise fs_error(exc, directory) from None
+    try:
+        yield
     finally:
-        for directory in created:  # deepest first
+        for made in created:  # deepest first
             with contextlib.suppress(OSError):
-                directory.rmdir()  # only succeeds when empty
-        tag_created([p for p in created if p.is_dir()], job.options.out)  # made by us
+                made.rmdir()  # only succeeds when empty
+        tag_created([p for p in created if p.is_dir()], out)  # made by us
 
 
 def _download_locked(job: Job) -> DownloadResult:
@@ -139,6 +149,7 @@ def _download_locked(job: Job) -> DownloadResult:
         on_note=job.reporter.debug,
     )
     with lock.held():
+        job.check_cancelled()  # the run was stopped while this waited for the lock
         if lock.took_over:
             job.reporter.debug(f"took over the lock left by {lock.took_over}")
         revalidation = Revalidation()

@@ -2,8 +2,9 @@
 
 Adopt a `.part` whose version still matches (else start a new one, once the disk is known
 to hold the file), stream into it, and on a `RestartFromZero` probe again and start over
-(at most `MAX_RESTARTS` times: two versions are never spliced). The finished bytes are
-fsynced, their SHA-256 checked, and only then renamed over the final name.
+(at most `MAX_RESTARTS` times: two versions are never spliced). A version whose advertised
+sha256 or size is not the pinned one is refused before its first byte. The finished bytes
+are fsynced, their SHA-256 (and size) checked, and only then renamed over the final name.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from bitnet_xtask.fs import publish, remove
 
 from .hub import RemoteFile
 from .job import Job
+from .options import Mismatch
 from .partfile import PartFile
 from .results import DownloadResult
 from .resume import default_connections, fresh_state, resumable
@@ -53,6 +55,7 @@ class _Finished:
 def fetch(job: Job, remote: RemoteFile, conditional: dict[str, str]) -> DownloadResult:
     """Download the file `remote` describes; `conditional` (If-None-Match, ...) lets the
     server answer 304 for the version already here."""
+    job.check_advertised(remote)
     attempt = _first_attempt(job, remote, conditional)
     restarts = 0
     while True:
@@ -104,6 +107,7 @@ def _restart(job: Job, attempt: _Attempt, exc: RestartFromZero, restarts: int) -
         }
     )
     remote = job.probe()
+    job.check_advertised(remote)
     return _Attempt(remote, fresh_state(job, remote, connections), True, connections, {}, 0)
 
 
@@ -134,6 +138,7 @@ def _stream(job: Job, attempt: _Attempt) -> _Finished:
         backoff=job.backoff,
         reporter=job.reporter,
         stop=threading.Event(),
+        cancel=job.cancel,
         file_label=target.name,
         conditional=attempt.conditional or None,
         url=job.url,
@@ -168,6 +173,7 @@ def _progress_reporter(job: Job, size: int | None) -> Callable[[int], None]:
                     "phase": "progress",
                     "command": "download-model",
                     "file": job.target.name,
+                    "path": str(job.target.final),
                     "downloaded": received,
                     "total": size,
                 }
@@ -196,16 +202,15 @@ def _not_modified(job: Job, remote: RemoteFile, exc: NotModified) -> DownloadRes
 def _publish(job: Job, attempt: _Attempt, finished: _Finished) -> DownloadResult:
     """Rename the verified `.part` over the final name; keep its validators."""
     target, state = job.target, attempt.state
-    expected = job.expected_sha256(attempt.remote)
-    if expected and finished.digest != expected:
-        raise _reject(job, expected, finished.digest)
+    if (mismatch := job.mismatch(attempt.remote, finished.digest, finished.size)) is not None:
+        raise _reject(job, mismatch)
     publish(target.part, target.final)
     job.record_version(state.linked_etag or state.etag, state.last_modified)
     remove(target.state)
     return job.result("network", finished.size, finished.digest, state.commit, attempt.resumed_from)
 
 
-def _reject(job: Job, expected: str, actual: str) -> HashMismatchError:
+def _reject(job: Job, mismatch: Mismatch) -> HashMismatchError:
     """The bytes just downloaded are wrong: they go (`.part` and its state). A file already
     at the final name is the version on disk before this run and stays, with its metadata:
     a good file is only ever replaced by the rename of a verified download (issue 10 #4)."""
@@ -216,8 +221,10 @@ def _reject(job: Job, expected: str, actual: str) -> HashMismatchError:
         kept = f"; {target.final}, the version already on disk, was kept"
     else:
         remove(target.etag, target.lastmod)
+    pin = job.spec.pinned_by if mismatch.what == "SHA-256" else "the pinned size"
     return HashMismatchError(
-        f"SHA-256 mismatch for {target.name}: expected {expected}, got {actual}",
-        f"the downloaded bytes were discarded{kept}; check --sha256, or run again to "
+        f"{mismatch.what} mismatch for {target.name}: expected {mismatch.expected}, "
+        f"got {mismatch.actual}",
+        f"the downloaded bytes were discarded{kept}; check {pin}, or run again to "
         "download it afresh",
     )

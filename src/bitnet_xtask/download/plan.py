@@ -41,7 +41,9 @@ def plan_download(
             remote = job.probe()
         finally:
             job.session.close()
-        plan = _plan_one(job, remote)
+        plan = _plan_one(job, remote)  # the verdict on a file here, as revalidation's
+        if not plan.up_to_date:
+            job.check_advertised(remote)  # a pin the server contradicts: the fetch refuses
         if plan.freshness is not None:
             reporter.info(plan.freshness.describe(job.target.name))
         plans.append(plan)

@@ -67,13 +67,15 @@ class NotModified(Exception):
 
 @dataclass
 class StreamContext:
-    """What every stream of one file shares."""
+    """What every stream of one file shares. `stop` ends this file's streams; `cancel` is
+    the run's (`Job.cancel`), set from another thread to stop every file of it."""
 
     client: HubClient
     part: PartFile
     backoff: Backoff
     reporter: Reporter
     stop: threading.Event
+    cancel: threading.Event
     file_label: str
     #: The URL to request; the resume state keeps it without credentials (userinfo).
     url: str
@@ -250,9 +252,12 @@ def run_streams(
 
     Each stream takes an unfinished chunk; when none is left it splits the largest
     remaining one (so a slow connection never holds up the end, and a resume may use
-    more connections than the first run). The main thread only watches: it reports
+    more connections than the first run). The calling thread only watches: it reports
     progress, advances the hash over bytes that streams wrote ahead of it, and on
-    Ctrl-C or the first failure stops the others and re-raises.
+    Ctrl-C or the first failure stops the others and re-raises. A `cancel` (the run is
+    stopped from another thread, which alone gets the signal) stops the streams, waits
+    for them, and raises KeyboardInterrupt here, so the caller checkpoints `.part`
+    exactly as on a Ctrl-C of its own.
     """
     queue = [chunk for chunk in ctx.part.state.chunks if not chunk.complete]
     if not queue:
@@ -272,22 +277,37 @@ def run_streams(
     with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="stream") as pool:
         futures: list[Future[None]] = [pool.submit(worker) for _ in range(connections)]
         try:
-            while True:
-                done, not_done = wait(
-                    futures, timeout=progress_interval, return_when=FIRST_EXCEPTION
-                )
-                ctx.part.catch_up()
-                on_progress(ctx.part.received())
-                failed = [f for f in done if f.exception() is not None]
-                if failed:
-                    ctx.stop.set()
-                    wait(not_done)
-                    raise _most_important([f.exception() for f in failed])
-                if not not_done:
-                    return
+            while _watch(ctx, futures, on_progress, progress_interval):
+                pass
         except BaseException:
             ctx.stop.set()
             raise
+
+
+def _watch(
+    ctx: StreamContext,
+    futures: list[Future[None]],
+    on_progress: Callable[[int], None],
+    interval: float,
+) -> bool:
+    """One look at the streams (at most `interval` apart): report progress; False once
+    they are all done; raise the first failure, or KeyboardInterrupt on a cancel, once
+    the others have stopped."""
+    done, not_done = wait(futures, timeout=interval, return_when=FIRST_EXCEPTION)
+    ctx.part.catch_up()
+    on_progress(ctx.part.received())
+    failed = [f for f in done if f.exception() is not None]
+    if failed:
+        ctx.stop.set()
+        wait(not_done)
+        raise _most_important([f.exception() for f in failed])
+    if not not_done:
+        return False
+    if ctx.cancel.is_set():
+        ctx.stop.set()
+        wait(not_done)
+        raise KeyboardInterrupt
+    return True
 
 
 def _most_important(errors: list[BaseException | None]) -> BaseException:

@@ -13,6 +13,7 @@ import math
 import sys
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from bitnet_xtask.events.render import renderer
@@ -95,7 +96,7 @@ class ConsoleReporter:
         self._command = command
         self._validate = validation_requested() if validate is None else validate
         self._lock = threading.Lock()
-        self._bar: tqdm[Any] | None = None
+        self._downloads = _DownloadBar(self._stderr)
 
     def emit(self, event: Event) -> None:
         """Write the event in the chosen form (checked first when asked)."""
@@ -144,15 +145,17 @@ class ConsoleReporter:
 
     def _line(self, message: str) -> None:
         message = redact_text(message)
-        if self._bar is not None:
-            self._bar.write(message, file=self._stderr)
+        if (bar := self._downloads.bar) is not None:
+            bar.write(message, file=self._stderr)
         else:
             self._write(self._stderr, message)
 
     def _human(self, event: dict[str, Any]) -> None:
         phase = event.get("phase")
-        if phase in ("done", "error"):
-            self._close_bar()
+        if phase == "done" and event.get("command") == "download-model":
+            self._downloads.land(str(event.get("path")))
+        elif phase in ("done", "error"):
+            self._downloads.close()
         entry = renderer(event)
         text = entry.text(event)
         if text is not None and entry.stdout:
@@ -160,26 +163,99 @@ class ConsoleReporter:
         elif text is not None:
             self._line(text)
         if phase == "start" and self._progress:
-            self._open_bar(event)
-        elif phase == "progress" and self._bar is not None:
-            self._bar.update(event["downloaded"] - self._bar.n)
+            self._downloads.start(event)
+        elif phase == "progress":
+            self._downloads.progress(event)
 
-    def _open_bar(self, event: dict[str, Any]) -> None:
+
+@dataclass
+class _Flight:
+    """One download the bar counts: its name, bytes so far and size (None: unknown)."""
+
+    name: str
+    downloaded: int
+    total: int | None
+
+
+class _DownloadBar:
+    """The one progress bar of every download in flight (files downloading at once would
+    otherwise draw bars over each other), keyed by the file's final path.
+
+    One file in flight: its own bar, named after it, exactly as a single download always
+    had (a restart from byte 0 opens a new one). More: one bar for all, "N files", over
+    the sum of their sizes (unknown if one is). A file's `done` takes it out of flight
+    but keeps its bytes counted, so the bar never runs backwards; the bar closes when no
+    file is left in flight, or at an `error`.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.bar: tqdm[Any] | None = None
+        self._flights: dict[str, _Flight] = {}
+        self._landed = 0  # bytes of the files that finished while the bar stayed open
+
+    def start(self, event: Mapping[str, Any]) -> None:
+        """A download starts (or starts again from byte 0, or resumes)."""
+        path = str(event["path"])
+        flight = _Flight(str(event["file"]), int(event["start"]), event["total"])
+        if self._flights.keys() <= {path}:  # no other file in flight: a bar of its own
+            self.close()
+            self._open(flight)
+        self._flights[path] = flight
+        self._show()
+
+    def progress(self, event: Mapping[str, Any]) -> None:
+        """A download's bytes so far."""
+        flight = self._flights.get(str(event["path"]))
+        if self.bar is None or flight is None:
+            return
+        flight.downloaded, flight.total = int(event["downloaded"]), event["total"]
+        self._show()
+
+    def land(self, path: str) -> None:
+        """A download is done; the bar closes once none is left in flight."""
+        flight = self._flights.pop(path, None)
+        if flight is None:
+            return
+        if not self._flights:
+            self.close()
+            return
+        self._landed += flight.downloaded if flight.total is None else flight.total
+        self._show()
+
+    def close(self) -> None:
+        """Close the bar and forget every download in it."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self._flights.clear()
+        self._landed = 0
+
+    def _open(self, flight: _Flight) -> None:
         from tqdm import tqdm  # only when a person watches a terminal
 
-        self._close_bar()
-        self._bar = tqdm(
-            total=event.get("total"),
-            initial=event.get("start", 0),
+        self.bar = tqdm(
+            total=flight.total,
+            initial=flight.downloaded,
             unit="B",
             unit_scale=True,
             unit_divisor=1024,
-            desc=str(event.get("file", "")),
-            file=self._stderr,
+            desc=flight.name,
+            file=self._stream,
             dynamic_ncols=True,
         )
 
-    def _close_bar(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    def _show(self) -> None:
+        bar, flights = self.bar, list(self._flights.values())
+        if bar is None:
+            return
+        totals = [flight.total for flight in flights]
+        total = None if None in totals else self._landed + sum(t or 0 for t in totals)
+        desc = flights[0].name if len(flights) == 1 else f"{len(flights)} files"
+        if (total, desc) != (bar.total, bar.desc):
+            bar.total = total
+            bar.set_description_str(desc, refresh=False)
+        # Forward only: a file that restarts from byte 0 while others are in flight lowers
+        # the sum, and the bar waits for it to catch up rather than running backwards.
+        if (moved := self._landed + sum(flight.downloaded for flight in flights) - bar.n) > 0:
+            bar.update(moved)

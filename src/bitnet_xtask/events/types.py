@@ -43,6 +43,7 @@ class DownloadProgress(TypedDict):
     phase: Literal["progress"]
     command: Literal["download-model"]
     file: str
+    path: str  # the final path: what tells apart files downloading at once
     downloaded: int
     total: int | None
 

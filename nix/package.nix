@@ -38,6 +38,7 @@ let
     python.pkgs.pytest-timeout
     # Most likely not in nixpkgs 25.11: then packaged here, from PyPI's sdist.
     (python.pkgs.types-jsonschema or (python.pkgs.callPackage ./types-jsonschema.nix { }))
+    python.pkgs.tomli # mypy checks the Python 3.10 branch of models/catalog.py
     python.pkgs.types-requests
     python.pkgs.types-tqdm
   ];

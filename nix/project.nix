@@ -54,6 +54,7 @@ in
     "full-crossval"
     "gen-fixtures"
     "clean-cache"
+    "models"
   ];
 
   # The variable that hands a Nix-built reference to crossval, one per pinned reference:

@@ -20,6 +20,7 @@ from .commands.download import download_model_command
 from .commands.fetch_cpp import fetch_cpp_command
 from .commands.full_crossval import full_crossval_command
 from .commands.gen_fixtures import gen_fixtures_command
+from .commands.models import models_group
 from .commands.preflight import gpu_preflight_command, preflight_command
 from .errors import ExitCode, XtaskError
 
@@ -42,6 +43,7 @@ for _command in (
     gen_fixtures_command,
     crossval_command,
     full_crossval_command,
+    models_group,
 ):
     cli.add_command(_command)
 

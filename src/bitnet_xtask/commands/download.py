@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from bitnet_xtask.commands.common import Seconds, make_reporter, reporting
-from bitnet_xtask.commands.options import json_output, models_folder
+from bitnet_xtask.commands.common import make_reporter, reporting
+from bitnet_xtask.commands.options import hub_transfer, json_output, models_folder, no_progress
 from bitnet_xtask.download.defaults import DEFAULT_FILE, DEFAULT_REPO
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.events import Reporter
@@ -35,45 +35,20 @@ if TYPE_CHECKING:
 @click.option("--rev", default="main", show_default=True, help="Branch, tag or commit.")
 @click.option("--sha256", help="Expected SHA-256 (hex) of the file.")
 @click.option("--force", is_flag=True, help="Download again even if the file is current.")
-@click.option("--no-progress", is_flag=True, help="No progress bar (auto-off without a TTY).")
+@no_progress
 @click.option("--verbose", is_flag=True, help="Debug output on stderr.")
-@click.option(
-    "--base-url",
-    help="Hub or mirror URL.  [default: $HF_ENDPOINT or https://huggingface.co]",
-)
 @json_output
-@click.option("--retries", type=click.IntRange(0), default=3, show_default=True)
-@click.option(
-    "--timeout",
-    type=Seconds(allow_zero=False),
-    default=1800.0,
-    show_default=True,
-    help="Seconds to wait for a connection.",
-)
-@click.option(
-    "--stall-timeout",
-    type=Seconds(allow_zero=False),
-    default=60.0,
-    show_default=True,
-    help="Seconds without a byte before a stream is retried from its offset.",
-)
 @click.option(
     "--connections",
     type=click.IntRange(1, 64),
     help="Parallel ranged streams.  [default: 4 for files >= 64 MiB, else 1]",
 )
-@click.option(
-    "--lock-timeout",
-    type=Seconds(),
-    default=1800.0,
-    show_default=True,
-    help="Seconds to wait for another process downloading the same file.",
-)
-@click.option("--no-hf-cache", is_flag=True, help="Don't reuse blobs from the HF cache.")
+@hub_transfer
 @click.option("--dry-run", is_flag=True, help="Print the plan; download nothing.")
 @click.pass_context
 def download_model_command(
     ctx: click.Context,
+    /,
     repo_id: str,
     files: Sequence[str],
     manifest: Path | None,
@@ -83,15 +58,10 @@ def download_model_command(
     force: bool,
     no_progress: bool,
     verbose: bool,
-    base_url: str | None,
     json_lines: bool,
-    retries: int,
-    timeout: float,
-    stall_timeout: float,
     connections: int | None,
-    lock_timeout: float,
-    no_hf_cache: bool,
     dry_run: bool,
+    **transfer: Any,
 ) -> None:
     """Fetch a GGUF (or any file) from Hugging Face or a mirror: resumable, verified."""
     reporter = make_reporter(
@@ -105,14 +75,9 @@ def download_model_command(
             repo_id=repo_id,
             revision=rev,
             out=out,
-            base_url=base_url,
             force=force,
-            retries=retries,
-            timeout=timeout,
-            stall_timeout=stall_timeout,
             connections=connections,
-            lock_timeout=lock_timeout,
-            use_hf_cache=not no_hf_cache,
+            **transfer,
         )
         if dry_run:
             _emit_plans(reporter, plan_download(specs, options, reporter))

@@ -38,6 +38,13 @@ from bitnet_xtask.fixtures.names import ARCHS, QUANTS
 @options.fixtures_folder("--fixtures-dir", file_okay=False)
 @click.option("--id", "repo", help="Download this Hugging Face repo's model instead of a fixture.")
 @click.option("--file", help="The file to download with --id.  [default: download-model's]")
+@click.option(
+    "--model",
+    "model_name",
+    help="A catalog model (xtask models list), fetched as `xtask models fetch` does.",
+)
+@options.model_catalog
+@options.model_lock
 @options.models_folder("--out", "models_dir", file_okay=False, help="Where --id downloads go.")
 @click.option(
     "--hf",
@@ -72,6 +79,9 @@ def full_crossval_command(
     fixtures_dir: Path,
     repo: str | None,
     file: str | None,
+    model_name: str | None,
+    catalog: Path | None,
+    lock_path: Path | None,
     models_dir: Path,
     hf_dir: Path | None,
     hf_repo: str | None,
@@ -98,10 +108,13 @@ def full_crossval_command(
 
         if hf_dir and hf_repo:
             raise UsageError("give --hf or --hf-id, not both")
+        if model_name and (repo or file):
+            raise UsageError("give --model (a catalog model) or --id/--file, not both")
 
         request = FullCrossvalRequest(
             fixture=fixture, arch=arch, quant=quant, seed=seed, fixtures_dir=fixtures_dir,
-            repo=repo, file=file, models_dir=models_dir, ref=ref, jobs=jobs, backends=backends,
+            repo=repo, file=file, models_dir=models_dir, model_name=model_name,
+            catalog=catalog, lock_path=lock_path, ref=ref, jobs=jobs, backends=backends,
             prompts=read_prompts(prompt, prompts_file), n_predict=n_predict, profile=profile,
             threads=threads, timeout=backend_timeout, hf_dir=hf_dir, hf_repo=hf_repo,
             hf_revision=hf_revision, hf_dtype=hf_dtype,

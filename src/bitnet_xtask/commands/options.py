@@ -176,3 +176,58 @@ def fixtures_folder(
 ) -> Callable[[F], F]:
     """The fixtures folder (gen-fixtures --output, full-crossval --fixtures-dir, ...)."""
     return _folder(FIXTURES_DIR, decls, help, file_okay)
+
+
+#: How download-model and models fetch talk to the hub; each option's destination is the
+#: `download.DownloadOptions` field it sets, so `DownloadOptions(**transfer)` takes them.
+hub_transfer = stack(
+    click.option(
+        "--base-url",
+        help="Hub or mirror URL.  [default: $HF_ENDPOINT or https://huggingface.co]",
+    ),
+    click.option("--retries", type=click.IntRange(0), default=3, show_default=True),
+    click.option(
+        "--timeout",
+        type=Seconds(allow_zero=False),
+        default=1800.0,
+        show_default=True,
+        help="Seconds to wait for a connection.",
+    ),
+    click.option(
+        "--stall-timeout",
+        type=Seconds(allow_zero=False),
+        default=60.0,
+        show_default=True,
+        help="Seconds without a byte before a stream is retried from its offset.",
+    ),
+    click.option(
+        "--lock-timeout",
+        type=Seconds(),
+        default=1800.0,
+        show_default=True,
+        help="Seconds to wait for another process downloading the same file.",
+    ),
+    click.option(
+        "--no-hf-cache",
+        "use_hf_cache",
+        is_flag=True,
+        flag_value=False,
+        default=True,
+        help="Don't reuse blobs from the HF cache.",
+    ),
+)
+no_progress = click.option(
+    "--no-progress", is_flag=True, help="No progress bar (auto-off without a TTY)."
+)
+model_catalog = click.option(
+    "--catalog",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The project's model catalog.  [default: ./models.toml when there is one]",
+)
+model_lock = click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The lockfile models fetch writes (and reads with --locked).  "
+    "[default: models.lock.json beside the project catalog]",
+)

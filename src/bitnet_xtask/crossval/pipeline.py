@@ -35,13 +35,14 @@ from bitnet_xtask.fs import hash_file
 if TYPE_CHECKING:
     from bitnet_xtask.crossval.traces import TraceRequest
     from bitnet_xtask.hf.checkpoint import Checkpoint
+    from bitnet_xtask.models.catalog import Catalog, CatalogFile
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class FullCrossvalRequest:
-    """The pipeline's inputs; `repo` None means a generated fixture."""
+    """The pipeline's inputs; neither `repo` nor `model_name` means a generated fixture."""
 
     fixture: str = "tiny"
     arch: str = "llama"
@@ -51,6 +52,9 @@ class FullCrossvalRequest:
     repo: str | None = None
     file: str | None = None
     models_dir: Path = MODELS_DIR
+    model_name: str | None = None  # --model: a catalog model, fetched by `models fetch`
+    catalog: Path | None = None  # --catalog: the project's catalog (default ./models.toml)
+    lock_path: Path | None = None  # --lock (default: models.lock.json beside the catalog)
     ref: str | None = None  # None: bitnet.cpp for i2_s models, else llama.cpp
     jobs: int | None = None
     backends: tuple[str, ...] = ()  # empty: cpp:<ref> and numpy
@@ -66,12 +70,17 @@ class FullCrossvalRequest:
     trace: TraceRequest | None = None  # --trace
 
     @property
+    def downloads(self) -> bool:
+        """The GGUF is downloaded (--id or --model), not generated or converted."""
+        return self.repo is not None or self.model_name is not None
+
+    @property
     def has_checkpoint(self) -> bool:
         return self.hf_dir is not None or self.hf_repo is not None
 
     def steps(self) -> tuple[str, ...]:
         """The steps this request runs, in order."""
-        converts = self.has_checkpoint and self.repo is None
+        converts = self.has_checkpoint and not self.downloads
         return (
             *(("checkpoint",) if self.has_checkpoint else ()),
             *(() if converts else ("model",)),
@@ -147,13 +156,49 @@ def _download(request: FullCrossvalRequest, reporter: Reporter) -> Path:
     return download_model(request.repo, file, reporter=reporter, out=request.models_dir).path
 
 
+def _catalog_model(request: FullCrossvalRequest, reporter: Reporter) -> Path:
+    """Step `model` for --model: the catalog model fetched as `models fetch` does (its
+    lock entry written), and its GGUF."""
+    from bitnet_xtask.models.fetch import FetchRequest, fetch_models
+    from bitnet_xtask.models.hash_cache import HashCache
+    from bitnet_xtask.models.lock import lock_path
+
+    assert request.model_name is not None
+    catalog, gguf = _catalog_gguf(request)
+    lock = lock_path(request.lock_path, request.catalog)
+    fetch = FetchRequest((request.model_name,), request.models_dir, lock)
+    cache = HashCache.load(note=reporter.debug)
+    try:
+        fetched = fetch_models(fetch, catalog, cache, reporter)
+    finally:
+        cache.save()
+    return next(f.path for f in fetched.models[0].files if f.path.name == gguf.name)
+
+
+def _catalog_gguf(request: FullCrossvalRequest) -> tuple[Catalog, CatalogFile]:
+    """The catalog, and the GGUF of --model (refused, exit 2, unless it has exactly one)."""
+    from bitnet_xtask.models.catalog import load_catalog
+
+    assert request.model_name is not None
+    catalog = load_catalog(request.catalog)
+    gguf = catalog.get(request.model_name).gguf()
+    if gguf is None:
+        raise UsageError(
+            f"--model {request.model_name}: the catalog entry has no single .gguf file to run",
+            "give a model with one GGUF (xtask models list)",
+        )
+    return catalog, gguf
+
+
 def reference_for(request: FullCrossvalRequest) -> str:
     """bitnet.cpp runs i2_s (upstream llama.cpp no longer has the type); else llama.cpp."""
     if request.ref:
         return request.ref
     from bitnet_xtask.download.defaults import DEFAULT_FILE
 
-    if request.repo is None:
+    if request.model_name is not None:
+        i2_s = "i2_s" in _catalog_gguf(request)[1].name.lower()
+    elif request.repo is None:
         i2_s = request.quant == "i2_s"
     else:
         i2_s = "i2_s" in (request.file or DEFAULT_FILE).lower()
@@ -237,10 +282,13 @@ def _convert(request: FullCrossvalRequest, checkpoint: Checkpoint, reporter: Rep
 
 
 def _model(request: FullCrossvalRequest, steps: _Steps) -> Path | None:
-    """Step `model`: the fixture or the --id download; None when the GGUF is converted
-    from the checkpoint (after fetch-cpp, which brings the converter)."""
+    """Step `model`: the fixture, the --id download or the --model fetch; None when the
+    GGUF is converted from the checkpoint (after fetch-cpp, which brings the converter)."""
     if "model" not in steps.names:
         return None
+    if request.model_name is not None:
+        fetch = f"retry, or fetch it alone: xtask models fetch {request.model_name}"
+        return steps.run("model", lambda: _catalog_model(request, steps.reporter), fetch)
     if request.repo is None:
         return steps.run("model", lambda: _fixture(request, steps.reporter),
                          "check --fixture/--arch/--quant and free disk space")  # fmt: skip

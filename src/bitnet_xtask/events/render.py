@@ -26,6 +26,7 @@ from bitnet_xtask.events.types import (
     DownloadRetry,
     DownloadStart,
     Fixture,
+    ModelsFetchDone,
     ReceiptChecked,
 )
 
@@ -154,6 +155,16 @@ def _checked(event: ReceiptChecked) -> str:
 
 
 #: (phase, command) -> how the event reads; command None: whichever command emits it.
+def _fetched(event: ModelsFetchDone) -> str:
+    files = sum(len(model["files"]) for model in event["models"])
+    names = ", ".join(model["name"] for model in event["models"])
+    lock = f"; lock: {event['lock']}" if event["lock"] else " (--locked: the lock as it was)"
+    return (
+        f"{names}: {files} file(s), {human_bytes(event['bytes'])}, "
+        f"{event['downloaded']} downloaded, the rest already here{lock}"
+    )
+
+
 RENDERERS: dict[tuple[str, str | None], Render] = {
     ("start", None): Render(_start),
     ("progress", None): Render(_silent),
@@ -171,6 +182,7 @@ RENDERERS: dict[tuple[str, str | None], Render] = {
     ("done", "full-crossval"): Render(_summary_table),
     ("done", "crossval verify-receipt"): Render(_checked),
     ("plan", "crossval"): Render(_crossval_plan),
+    ("done", "models fetch"): Render(_fetched),
     ("error", None): Render(_silent),
 }
 

@@ -21,8 +21,15 @@ if TYPE_CHECKING:
     from jsonschema import Draft202012Validator
 
 VALIDATE_ENV = "XTASK_VALIDATE_EVENTS"
-#: The one JSON document preflight and gpu-preflight write instead of events.
-REPORTS = {"preflight": "PreflightReport", "gpu-preflight": "GpuPreflightReport"}
+#: The one JSON document a report command (preflight, gpu-preflight, models inventory)
+#: writes instead of events.
+REPORTS = {
+    "preflight": "PreflightReport",
+    "gpu-preflight": "GpuPreflightReport",
+    "models inventory": "ModelsInventoryReport",
+    "models list": "ModelsListReport",
+    "models verify": "ModelsVerifyReport",
+}
 
 
 class EventSchemaError(RuntimeError):

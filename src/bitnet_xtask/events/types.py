@@ -225,6 +225,33 @@ class ReceiptChecked(_Stamped):
     receipt: str
 
 
+# models fetch
+
+
+class FetchedFileRow(TypedDict):
+    path: str
+    size: int
+    sha256: str
+    source: str  # present | network | up-to-date | hf-cache
+    unpacked: str | None
+
+
+class FetchedModelRow(TypedDict):
+    name: str
+    commit: str | None
+    files: list[FetchedFileRow]
+
+
+class ModelsFetchDone(_Stamped):
+    """models fetch: every file of the named models in place and verified."""
+
+    phase: Literal["done"]
+    models: list[FetchedModelRow]
+    bytes: int
+    downloaded: int
+    lock: str | None
+
+
 # every command
 
 
@@ -253,6 +280,7 @@ Event = (
     | CrossvalDone
     | CrossvalPlanned
     | ReceiptChecked
+    | ModelsFetchDone
     | Failure
 )
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -75,6 +76,21 @@ class Run:
             if not (out and out[-1] == event["phase"] == "progress"):
                 out.append(event["phase"])
         return out
+
+
+def build_nvml_standin(tmp_path: Path, *defines: str) -> Path:
+    """tests/standins/nvml.c compiled as a `libnvidia-ml.so.1` whose answers are the -D
+    values (a recording's); returns its folder, for LD_LIBRARY_PATH."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed: cannot build the NVML stand-in")
+    libdir = tmp_path / "nvml"
+    libdir.mkdir()
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-o", str(libdir / "libnvidia-ml.so.1"),
+         str(STANDINS / "nvml.c"), *(f"-D{d}" for d in defines)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return libdir
 
 
 @dataclass

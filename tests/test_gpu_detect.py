@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import GPU_FIXTURES, STANDINS, Xtask
+from conftest import GPU_FIXTURES, STANDINS, Xtask, build_nvml_standin
 
 from bitnet_xtask.gpu.apple import parse_displays, probe_metal
 from bitnet_xtask.gpu.cpu import parse_cpuinfo, parse_sysctl
@@ -152,19 +151,6 @@ def test_a_hanging_nvidia_smi_is_cut_off(xtask: Xtask) -> None:
     assert subprocess.run(["pgrep", "-f", "XTASK_TEST_SMI"], check=False).returncode != 0
 
 
-def _build_nvml(tmp_path: Path, *defines: str) -> Path:
-    if shutil.which("gcc") is None:
-        pytest.skip("gcc is not installed: cannot build the NVML stand-in")
-    libdir = tmp_path / "nvml"
-    libdir.mkdir()
-    subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-o", str(libdir / "libnvidia-ml.so.1"),
-         str(STANDINS / "nvml.c"), *(f"-D{d}" for d in defines)],
-        check=True, timeout=60,
-    )  # fmt: skip
-    return libdir
-
-
 # The H100 recording's values (nvidia-smi_H100-80GB-HBM3_590.48.01.txt and its query).
 H100_NVML = (
     'NAME="NVIDIA H100 80GB HBM3"',
@@ -179,7 +165,7 @@ H100_NVML = (
 
 
 def test_nvml_is_preferred_over_nvidia_smi(xtask: Xtask, tmp_path: Path) -> None:
-    libdir = _build_nvml(tmp_path, *H100_NVML)
+    libdir = build_nvml_standin(tmp_path, *H100_NVML)
     env = smi_env(xtask, LD_LIBRARY_PATH=str(libdir), XTASK_TEST_SMI_SLEEP="600")
     started = time.monotonic()
     code, report = gpu_json(xtask, env)
@@ -192,7 +178,7 @@ def test_nvml_is_preferred_over_nvidia_smi(xtask: Xtask, tmp_path: Path) -> None
 
 
 def test_a_hanging_nvml_is_abandoned(xtask: Xtask, tmp_path: Path) -> None:
-    libdir = _build_nvml(tmp_path, *H100_NVML, "HANG")
+    libdir = build_nvml_standin(tmp_path, *H100_NVML, "HANG")
     started = time.monotonic()
     _, report = gpu_json(xtask, smi_env(xtask, LD_LIBRARY_PATH=str(libdir)), "--probe-timeout", "1")
     assert time.monotonic() - started < HANG_BOUND

@@ -59,7 +59,13 @@ def gcc_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_cuda_library_lists_its_cubin_and_ptx_architectures(cuda_library: Path) -> None:
     facts = read_binary(cuda_library)
-    assert facts.cuda == CudaCode(cubin_sms=(80,), ptx_sms=(90,))
+    assert facts.cuda is not None
+    assert (facts.cuda.cubin_sms, facts.cuda.ptx_sms) == ((80,), (90,))
+    # nvcc's banner in the device code names the release that compiled it
+    version = subprocess.run(
+        ["nvcc", "--version"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"release {facts.cuda.toolkit}," in version
     assert "cuda" in facts.backends
     assert any(lib.startswith("libcudart.so") for lib in facts.needed)
     assert facts.elf_class == 64 and facts.machine == "x64"
@@ -143,7 +149,10 @@ def test_preflight_cli_reports_elf_facts_as_json(xtask: Xtask, cuda_library: Pat
     )  # fmt: skip
     report = json.loads(run.stdout)
     (binary,) = report["compiled"]["binaries"]
-    assert binary["cuda"] == {"cubin_sms": [80], "ptx_sms": [90]}
+    assert {k: binary["cuda"][k] for k in ("cubin_sms", "ptx_sms")} == {
+        "cubin_sms": [80],
+        "ptx_sms": [90],
+    }
     assert report["ok"] is False and run.code == 1  # a CUDA build, and no CUDA here
     assert "no cuda runtime here" in report["fit"][0]["message"]
 

@@ -50,7 +50,7 @@ from bitnet_xtask.cpp.nar import nar_hash
 from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin, is_sri, load_pins, parse_pins
 from bitnet_xtask.crossval.backends import prefix_variable
 from bitnet_xtask.errors import ExitCode, UsageError
-from bitnet_xtask.gpu.elf import CudaCode, read_binary
+from bitnet_xtask.gpu.elf import read_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PINS_JSON = ROOT / "src" / "bitnet_xtask" / "cpp" / "pins.json"
@@ -904,13 +904,14 @@ def test_fetch_cpp_compiles_the_pinned_llama_cpp_for_cuda(
     flags = result.receipt["inputs"]["cmake_flags"]
     assert "-DGGML_CUDA=ON" in flags and "-DCMAKE_CUDA_ARCHITECTURES=90" in flags
     library = result.bin_dir / "libggml-cuda.so"
-    assert read_binary(library).cuda == CudaCode(cubin_sms=(90,), ptx_sms=(90,))
+    code = read_binary(library).cuda
+    assert code is not None and (code.cubin_sms, code.ptx_sms) == ((90,), (90,))
     run = xtask.run(
         "preflight", "--binary", str(library), "--format", "json",
         env=xtask.env(BITNET_GPU_FAKE="none"),
     )  # fmt: skip
     (binary,) = json.loads(run.stdout)["compiled"]["binaries"]
-    assert binary["cuda"] == {"cubin_sms": [90], "ptx_sms": [90]}
+    assert (binary["cuda"]["cubin_sms"], binary["cuda"]["ptx_sms"]) == ([90], [90])
 
 
 # --- python -m bitnet_xtask.cpp.update_pins ------------------------------------------

@@ -10,6 +10,7 @@ libraries it loads) and the ggml backends compiled in, so preflight can say so f
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ FATBIN_MAGIC = 0xBA55ED50
 _FATBIN_HEADER = struct.Struct("<IHHQ")  # magic, version, header size, payload size
 _ENTRY_HEADER = struct.Struct("<HHIQIIHHI")  # kind, flags, hdr size, size, csize, ?, ver, arch
 _KIND_PTX, _KIND_CUBIN = 1, 2
+# nvcc writes its banner into the device code it compiles (the PTX header, the cubin's
+# .note.nv.tkinfo): readable where the fat binary is not compressed.
+_NVCC_BANNER = re.compile(rb"Cuda compilation tools, release ([0-9]+\.[0-9]+)")
 
 # Libraries and symbols that name a ggml backend.
 _BACKEND_LIBS = {
@@ -60,6 +64,7 @@ class CudaCode:
 
     cubin_sms: tuple[int, ...] = ()
     ptx_sms: tuple[int, ...] = ()
+    toolkit: str | None = None  # the CUDA release whose nvcc compiled it ("13.0")
 
     def runs_on(self, sm: int) -> tuple[bool, str]:
         """Can a GPU of compute capability `sm` (e.g. 90) run this code, and how?
@@ -85,6 +90,8 @@ class BinaryFacts:
     backends: tuple[str, ...]
     cuda: CudaCode | None = None
     notes: tuple[str, ...] = field(default=())
+    rpath: tuple[str, ...] = ()  # DT_RPATH folders, as written ($ORIGIN unexpanded)
+    runpath: tuple[str, ...] = ()  # DT_RUNPATH folders
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -96,8 +103,14 @@ class BinaryFacts:
             "backends": list(self.backends),
             "cuda": None
             if self.cuda is None
-            else {"cubin_sms": list(self.cuda.cubin_sms), "ptx_sms": list(self.cuda.ptx_sms)},
+            else {
+                "cubin_sms": list(self.cuda.cubin_sms),
+                "ptx_sms": list(self.cuda.ptx_sms),
+                "toolkit": self.cuda.toolkit,
+            },
             "notes": list(self.notes),
+            "rpath": list(self.rpath),
+            "runpath": list(self.runpath),
         }
 
 
@@ -125,7 +138,9 @@ def parse_fatbin(data: bytes) -> CudaCode:
                 ptx.add(arch)
             entry += entry_header + size
         pos += header_size + payload_size
-    return CudaCode(tuple(sorted(cubins)), tuple(sorted(ptx)))
+    banner = _NVCC_BANNER.search(data)
+    toolkit = banner[1].decode() if banner else None
+    return CudaCode(tuple(sorted(cubins)), tuple(sorted(ptx)), toolkit)
 
 
 def _library_stem(name: str) -> str:
@@ -191,12 +206,17 @@ def read_binary(path: Path) -> BinaryFacts:
             elf = ELFFile(handle)
             check_layout(elf, os.fstat(handle.fileno()).st_size)
             needed: list[str] = []
+            paths: dict[str, list[str]] = {"DT_RPATH": [], "DT_RUNPATH": []}
             symbols: set[str] = set()
             cuda: CudaCode | None = None
             for section in elf.iter_sections():
                 if isinstance(section, DynamicSection):
                     # pyelftools sets `needed` on DT_NEEDED tags at run time.
                     needed += [tag.needed for tag in section.iter_tags("DT_NEEDED")]  # type: ignore[attr-defined]
+                    for kind, folders in paths.items():
+                        for tag in section.iter_tags(kind):
+                            text = tag.rpath if kind == "DT_RPATH" else tag.runpath  # type: ignore[attr-defined]
+                            folders += [f for f in text.split(":") if f]
                 if isinstance(section, SymbolTableSection):
                     symbols.update(
                         s.name for s in section.iter_symbols() if s.name in _BACKEND_SYMBOLS
@@ -230,4 +250,6 @@ def read_binary(path: Path) -> BinaryFacts:
         backends=tuple(sorted(backends)),
         cuda=cuda,
         notes=tuple(notes),
+        rpath=tuple(paths["DT_RPATH"]),
+        runpath=tuple(paths["DT_RUNPATH"]),
     )

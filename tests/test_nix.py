@@ -8,8 +8,8 @@ flake.nix, the parts of nix/ that need no nixpkgs evaluate to exactly what Pytho
 from the same pins.json and pyproject.toml, and both reject a bad pin with the same words.
 With the real nixpkgs lib (nix-community/nixpkgs.lib), flake.nix and nix/ are evaluated
 against a recording stand-in for the package set: what nix/ decides and hands nixpkgs.
-The README's Nix claims, every scripts/ci-local.sh mode, and (XTASK_TEST_CUDA_BUILD=1)
-fetch-cpp's CUDA build of the pinned llama.cpp are checked too.
+The README's Nix claims and every scripts/ci-local.sh mode are checked too (fetch-cpp's
+CUDA build of the pinned llama.cpp: tests/test_cuda_build.py).
 `python -m bitnet_xtask.cpp.update_pins` runs against real local servers: a PEP 503 index
 over https and a GitHub-like archive server.
 """
@@ -17,10 +17,8 @@ over https and a GitHub-like archive server.
 from __future__ import annotations
 
 import base64
-import ctypes.util
 import hashlib
 import http.server
-import importlib.util
 import io
 import json
 import os
@@ -38,19 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Xtask
 from packaging.requirements import Requirement
-from references import MIRRORS, cache_home, export_git_tree
+from references import MIRRORS, export_git_tree
 from test_nar import NIX_CONFIG
 
 from bitnet_xtask.cli import cli
 from bitnet_xtask.cpp import update_pins
-from bitnet_xtask.cpp.build import BuildRequest, build_reference
 from bitnet_xtask.cpp.nar import nar_hash
 from bitnet_xtask.cpp.pins import GithubPin, Pin, SdistPin, is_sri, load_pins, parse_pins
 from bitnet_xtask.crossval.backends import prefix_variable
 from bitnet_xtask.errors import ExitCode, UsageError
-from bitnet_xtask.gpu.elf import read_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PINS_JSON = ROOT / "src" / "bitnet_xtask" / "cpp" / "pins.json"
@@ -844,74 +839,6 @@ def test_every_ci_mode_installs_what_it_needs_first(
     )  # fmt: skip
     ran = (tmp_path / "ran").read_text().split()
     assert ran == [f"checks/{script}.sh" for script in scripts]
-
-
-# --- the CUDA flags of packages.llama-cpp-cuda, compiled ------------------------------
-
-
-def cublas_location() -> tuple[str, ...]:
-    """CMake arguments for a cuBLAS that FindCUDAToolkit cannot find itself: PyPI's
-    nvidia-cublas wheel has no unversioned libcublas.so and its own include directory.
-    None when the toolkit has cuBLAS (as nixpkgs' libcublas or a full CUDA install do)."""
-    nvcc = shutil.which("nvcc")
-    assert nvcc is not None
-    toolkit = Path(os.path.realpath(nvcc)).parent.parent
-    if list(toolkit.glob("lib*/libcublas.so")) + list(toolkit.glob("targets/*/lib/libcublas.so")):
-        return ()
-    spec = importlib.util.find_spec("nvidia")
-    locations = list(spec.submodule_search_locations or []) if spec else []
-    wheels = [
-        directory
-        for location in locations
-        for directory in Path(location).glob("cu*")
-        if list(directory.glob("lib/libcublas.so.*"))
-    ]
-    if not wheels:
-        pytest.skip(f"no cuBLAS in the CUDA toolkit at {toolkit} nor from PyPI's nvidia-cublas")
-    lib = wheels[0] / "lib"
-    (cublas,) = lib.glob("libcublas.so.*")
-    (cublas_lt,) = lib.glob("libcublasLt.so.*")
-    return (
-        f"-DCUDA_cublas_LIBRARY={cublas}",
-        f"-DCUDA_cublasLt_LIBRARY={cublas_lt}",
-        f"-DCMAKE_CUDA_FLAGS=-I{wheels[0] / 'include'}",
-    )
-
-
-@pytest.mark.timeout(3600)
-def test_fetch_cpp_compiles_the_pinned_llama_cpp_for_cuda(
-    request: pytest.FixtureRequest, xtask: Xtask, tmp_path: Path
-) -> None:
-    """What packages.llama-cpp-cuda runs (`fetch-cpp --backend cuda --cuda-arch <sm>`), on
-    the pinned llama.cpp, for one architecture: compiling needs nvcc and cuBLAS, no GPU."""
-    if os.environ.get("XTASK_TEST_CUDA_BUILD") != "1":
-        pytest.skip(
-            "XTASK_TEST_CUDA_BUILD=1 compiles the pinned llama.cpp's CUDA backend "
-            "(285 build steps; ggml-cuda alone took 941 s on 2 idle cores)"
-        )
-    if shutil.which("nvcc") is None:
-        pytest.skip("nvcc is not installed")
-    extra = cublas_location()
-    if ctypes.util.find_library("cuda") is None:
-        # ggml's VMM pool links the driver's libcuda, which a toolkit without a driver lacks.
-        extra += ("-DGGML_CUDA_NO_VMM=ON",)
-    pin: SdistPin = request.getfixturevalue("local_pin")
-    with cache_home(tmp_path):
-        result = build_reference(
-            BuildRequest(backend="cuda", cuda_archs=("90",), extra_cmake=extra),
-            pins={"llama.cpp": pin},
-        )
-    flags = result.receipt["inputs"]["cmake_flags"]
-    assert "-DGGML_CUDA=ON" in flags and "-DCMAKE_CUDA_ARCHITECTURES=90" in flags
-    library = result.bin_dir / "libggml-cuda.so"
-    code = read_binary(library).cuda
-    assert code is not None and (code.cubin_sms, code.ptx_sms) == ((90,), (90,))
-    run = xtask.run(
-        "preflight", "--binary", str(library), "--format", "json",
-        env=xtask.env(BITNET_GPU_FAKE="none"),
-    )  # fmt: skip
-    (binary,) = json.loads(run.stdout)["compiled"]["binaries"]
-    assert (binary["cuda"]["cubin_sms"], binary["cuda"]["ptx_sms"]) == ([90], [90])
 
 
 # --- python -m bitnet_xtask.cpp.update_pins ------------------------------------------

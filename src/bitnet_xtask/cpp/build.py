@@ -10,6 +10,7 @@ name is `cpp.layout.directory_name`'s, the one rule crossval and nix/ read too):
   bin/            the installed binaries and shared libraries
   build.log       every command and its output
   receipt.json    only after a successful build: pin, hash, flags, versions, binaries
+                  (and for CUDA: toolkit, cuBLAS, VMM, the runtime major it needs)
   .lock           one builder at a time
 ```
 
@@ -32,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bitnet_xtask import __version__
 from bitnet_xtask.cpp import bitnet_kernels
@@ -43,6 +44,7 @@ from bitnet_xtask.cpp.compile import (
     harness_hash,
     install,
 )
+from bitnet_xtask.cpp.cuda_toolkit import CudaToolkit, find_cuda_toolkit
 from bitnet_xtask.cpp.layout import (
     COMMIT,
     LOCAL,
@@ -61,6 +63,9 @@ from bitnet_xtask.events import NullReporter, Reporter
 from bitnet_xtask.filelock import FileLock
 from bitnet_xtask.fs import atomic_write_text
 from bitnet_xtask.inputs import MiB, read_json, read_text
+
+if TYPE_CHECKING:
+    from bitnet_xtask.gpu.elf import BinaryFacts
 
 #: CMake's CUDA_ARCHITECTURES entries (CMake >= 3.18): a compute capability times ten,
 #: optionally with nvcc's arch-specific `a` or family `f` suffix, optionally `-real` or
@@ -88,9 +93,6 @@ class BuildRequest:
     force: bool = False
     clean: bool = False
     source: Path | None = None
-    # More -D options, after ours (Python API only: where a toolchain needs telling where
-    # its libraries are, as cuBLAS from PyPI does; tests/test_nix.py's CUDA build).
-    extra_cmake: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,9 @@ def resolve_pin(request: BuildRequest, pins: dict[str, Pin]) -> Pin:
     return GithubPin(request.ref, owner, repo, request.rev, str(request.hash))
 
 
-def cmake_flags(request: BuildRequest) -> list[str]:
-    """Release, reproducible (no -march=native unless asked), only what we need."""
+def cmake_flags(request: BuildRequest, cuda: Sequence[str] = ()) -> list[str]:
+    """Release, reproducible (no -march=native unless asked), only what we need; for
+    CUDA, `cuda`: where cuBLAS and the driver library are (`CudaToolkit.cmake_flags`)."""
     flags = [
         "-DCMAKE_BUILD_TYPE=Release",
         f"-DGGML_NATIVE={'ON' if request.native else 'OFF'}",
@@ -233,20 +236,27 @@ def cmake_flags(request: BuildRequest) -> list[str]:
         flags.append("-DGGML_CUDA=ON")
         if request.cuda_archs:
             flags.append(f"-DCMAKE_CUDA_ARCHITECTURES={';'.join(request.cuda_archs)}")
-    return [*flags, *request.extra_cmake]
+        flags += cuda
+    return flags
 
 
-def _inputs(pin: Pin, request: BuildRequest, source_hash: str) -> dict[str, Any]:
+def _inputs(
+    pin: Pin, request: BuildRequest, source_hash: str, toolkit: CudaToolkit | None,
+    directory: Path,
+) -> dict[str, Any]:  # fmt: skip
     kernel = {"kernel": request.kernel} if request.ref == "bitnet.cpp" else {}
+    # The same paths may hold another toolkit release tomorrow: the release is an input.
+    cuda = {"cuda_toolkit": toolkit.release} if toolkit is not None else {}
     return {
         **kernel,
+        **cuda,
         "harness": harness_hash(),
         "ref": request.ref,
         # Where the bytes were downloaded from is not an input; what they are is.
         "pin": {k: v for k, v in pin.__dict__.items() if k not in ("submodules", "url")},
         "source": source_hash,
         "backend": request.backend,
-        "cmake_flags": cmake_flags(request),
+        "cmake_flags": cmake_flags(request, toolkit.cmake_flags(directory) if toolkit else ()),
     }
 
 
@@ -275,7 +285,9 @@ def build_reference(
             # Generated files first, so that the hash of the tree we build is stable.
             _generate(request, request.source)
             source_hash = _source_hash(request.source)
-        inputs = _inputs(pin, request, source_hash)
+        # Found here, under the lock: its paths and release are inputs of the build.
+        toolkit = find_cuda_toolkit() if request.backend == "cuda" else None
+        inputs = _inputs(pin, request, source_hash, toolkit, directory)
         receipt_path = directory / RECEIPT
         if receipt_path.is_file() and not request.force:
             receipt = _read_receipt(receipt_path)
@@ -284,7 +296,7 @@ def build_reference(
                 point_latest(directory, cli_name(request.ref))
                 return BuildResult(directory, receipt, built=False)
         receipt_path.unlink(missing_ok=True)
-        return _build(request, pin, directory, inputs, reporter, github)
+        return _build(request, pin, directory, inputs, toolkit, reporter, github)
 
 
 def _empty(directory: Path) -> None:
@@ -420,11 +432,15 @@ def _build(
     pin: Pin,
     directory: Path,
     inputs: dict[str, Any],
+    toolkit: CudaToolkit | None,
     reporter: Reporter,
     github: str | None,
 ) -> BuildResult:
     started = time.monotonic()
-    tools = check_environment(request.ref, request.backend, directory)
+    tools = check_environment(request.ref, directory)
+    if toolkit is not None:
+        reporter.info(f"compiling with {toolkit.summary()}")
+        toolkit.link_headers(directory)
     log = BuildLog(directory / "build.log")
     log.path.write_text(f"# bitnet-xtask {__version__} fetch-cpp {request.ref}\n")
     if request.source:
@@ -432,7 +448,7 @@ def _build(
     else:
         source_root = _verified_source(pin, directory, str(inputs["source"]), reporter, github)
         _generate(request, source_root)
-    steps = CompileSteps(tools, source_root, directory, cmake_flags(request), request.jobs)
+    steps = CompileSteps(tools, source_root, directory, inputs["cmake_flags"], request.jobs)
     cli = compile_reference(steps, request.ref, log, reporter)
     installed_cli = cli_name(request.ref)
     installed = install(directory, cli, installed_cli)
@@ -440,7 +456,7 @@ def _build(
         # Some builds write into their source tree (the 2024 llama.cpp generates
         # common/build-info.cpp there): record the tree as the next run will find it.
         inputs = {**inputs, "source": _source_hash(request.source)}
-    receipt = _receipt(inputs, tools, cli, installed, time.monotonic() - started)
+    receipt = _receipt(inputs, tools, cli, installed, toolkit, time.monotonic() - started)
     atomic_write_text(directory / RECEIPT, json.dumps(receipt, indent=2))
     reporter.info(f"built {request.ref} in {receipt['wall_seconds']} s: {directory / 'bin'}")
     point_latest(directory, installed_cli)
@@ -448,12 +464,19 @@ def _build(
 
 
 def _receipt(
-    inputs: dict[str, Any], tools: dict[str, str], cli: str, installed: list[Path], seconds: float
+    inputs: dict[str, Any],
+    tools: dict[str, str],
+    cli: str,
+    installed: list[Path],
+    toolkit: CudaToolkit | None,
+    seconds: float,
 ) -> dict[str, Any]:
     """What `receipt.json` records: the inputs that define the build (compared by the
     next run), and what it was built with and produced (for crossval's receipts)."""
     from bitnet_xtask.gpu.elf import read_binary
 
+    binaries = [read_binary(path) for path in installed]
+    cuda = {} if toolkit is None else {"cuda": {**toolkit.to_receipt(), **_needs(binaries)}}
     return {
         "version": RECEIPT_VERSION,
         "inputs": inputs,
@@ -465,5 +488,17 @@ def _receipt(
         "cmake": tool_version(tools["cmake"]),
         "ninja": tool_version(tools["ninja"]),
         "cli_target": cli,
-        "binaries": [read_binary(path).to_dict() for path in installed],
+        "binaries": [binary.to_dict() for binary in binaries],
+        **cuda,
+    }
+
+
+def _needs(binaries: list[BinaryFacts]) -> dict[str, Any]:
+    """The CUDA runtime the built binaries load, as preflight will judge it."""
+    from bitnet_xtask.gpu.fit import runtime_need
+
+    needs = {b.path.name: need for b in binaries if (need := runtime_need(b)) is not None}
+    return {
+        "runtime_major": max((need.release.major for need in needs.values()), default=None),
+        "runtime_evidence": {name: need.evidence for name, need in sorted(needs.items())},
     }

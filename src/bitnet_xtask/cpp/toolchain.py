@@ -1,6 +1,7 @@
 """The tools a fetch-cpp build needs, found (and a missing one named) before any time
 is spent: the pinned CMake and Ninja from PyPI, the compilers (Clang for bitnet.cpp,
-whose CMakeLists refuses any other), nvcc for CUDA, and the disk space a build takes.
+whose CMakeLists refuses any other), and the disk space a build takes. (nvcc, cuBLAS and
+the driver library for CUDA: `cpp.cuda_toolkit`.)
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _clang(variable: str, name: str) -> str | None:
     return shutil.which(name)
 
 
-def check_environment(ref: str, backend: str, directory: Path) -> dict[str, str]:
+def check_environment(ref: str, directory: Path) -> dict[str, str]:
     """Name the missing piece before any time is spent (makefile-discipline)."""
     tools = build_tools()
     missing = [tool for tool in ("cmake", "ninja") if tool not in tools]
@@ -76,11 +77,6 @@ def check_environment(ref: str, backend: str, directory: Path) -> dict[str, str]
         missing.append(f"{cxx_names} or $CXX")
     else:
         tools["cxx"] = cxx
-    if backend == "cuda":
-        if nvcc := shutil.which("nvcc"):
-            tools["nvcc"] = nvcc
-        else:
-            missing.append("nvcc (the CUDA toolkit) for --backend cuda")
     if missing:
         raise UsageError(
             "cannot build: missing " + ", ".join(missing),

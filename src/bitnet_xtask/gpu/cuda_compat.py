@@ -22,10 +22,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-COMPATIBILITY_SOURCE = (
-    "https://docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html"
-)
-
 #: The oldest Linux driver that runs every runtime of a CUDA major (minor version
 #: compatibility, CUDA 11 and newer).
 MINIMUM_DRIVER_FOR_MAJOR: dict[int, str] = {13: "580", 12: "525.60.13", 11: "450.80.02"}
@@ -160,10 +156,15 @@ def _runs(need: CudaRelease, supported: CudaRelease) -> bool:
     return (supported.minor or 0) >= (need.minor or 0)
 
 
-def pypi_wheel(component: str, major: int) -> str:
-    """The PyPI package that carries a CUDA `component` ("cublas", "cuda-runtime") of one
-    major: CUDA 13 dropped the `-cu<major>` suffix (`nvidia-cublas` 13.x; its files under
-    `nvidia/cu13/`), older majors keep it (`nvidia-cublas-cu12`, under `nvidia/cublas/`)."""
-    if major >= 13:
-        return f"'nvidia-{component}=={major}.*'"
-    return f"nvidia-{component}-cu{major}"
+def pypi_distribution(component: str, major: int) -> str:
+    """The PyPI distribution that carries a CUDA `component` ("cublas", "cuda-runtime") of
+    one major: CUDA 13 dropped the `-cu<major>` suffix (`nvidia-cublas` 13.x, its files
+    under `nvidia/cu13/`); older majors keep it (`nvidia-cublas-cu12`, `nvidia/cublas/`)."""
+    return f"nvidia-{component}" if major >= 13 else f"nvidia-{component}-cu{major}"
+
+
+def pypi_requirement(component: str, major: int) -> str:
+    """What to `pip install` for that component: pinned to the major where the name does
+    not say it."""
+    name = pypi_distribution(component, major)
+    return f"{name}=={major}.*" if major >= 13 else name

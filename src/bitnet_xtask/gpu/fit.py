@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import platform
 import re
+import shlex
 from dataclasses import dataclass
 
 from bitnet_xtask.gpu.cuda_compat import (
@@ -18,7 +19,7 @@ from bitnet_xtask.gpu.cuda_compat import (
     DriverSide,
     RuntimeNeed,
     judge_runtime,
-    pypi_wheel,
+    pypi_requirement,
 )
 from bitnet_xtask.gpu.detect import RuntimeReport
 from bitnet_xtask.gpu.elf import BinaryFacts, CudaCode
@@ -84,8 +85,17 @@ def _cuda_findings(
     if not cuda.available:
         return findings
     need = runtime_need(binary, libraries.get("libcudart", (None, None))[0])
-    source = cuda.source.split(" (")[0] if cuda.source else None  # "nvidia-smi (table; ..."
-    verdict = need and judge_runtime(need, DriverSide(cuda.version, cuda.driver_version, source))
+    if need is None and binary.cuda is not None and (binary.cuda.cubin_sms or binary.cuda.ptx_sms):
+        findings.append(
+            Finding(
+                True,
+                f"{name}: the CUDA runtime it needs is not known (no libcudart in DT_NEEDED, "
+                "and its device code is compressed): not checked against the driver",
+            )
+        )
+    verdict = need and judge_runtime(
+        need, DriverSide(cuda.version, cuda.driver_version, cuda.source)
+    )
     if verdict:
         ok, message = verdict
         findings.append(Finding(ok, f"{name}: {message}"))
@@ -112,19 +122,22 @@ def _device_findings(name: str, code: CudaCode, devices: tuple[GpuDevice, ...]) 
 
 
 def runtime_need(binary: BinaryFacts, cudart: Found | None = None) -> RuntimeNeed | None:
-    """The CUDA runtime `binary` loads: the major of its DT_NEEDED libcudart.so.N (the
-    minor too where the loader finds a file named libcudart.so.N.M), else, for device
-    code with no libcudart needed (cudart linked statically), the release of the nvcc
-    that compiled it; None for a binary with neither."""
+    """The CUDA runtime `binary` loads: the release its DT_NEEDED libcudart.so.N names
+    (before CUDA 11 the soname has the minor too, libcudart.so.10.2; since, the minor is
+    known where the loader finds a file named libcudart.so.N.M), else, for device code
+    with no libcudart needed (cudart linked statically), the release of the nvcc that
+    compiled it; None for a binary with neither, or whose compiler cannot be read."""
     for library in binary.needed:
         soname = _SONAME.match(library)
-        if soname and soname[1] == "libcudart":
-            release, evidence = CudaRelease(int(soname[2])), f"DT_NEEDED {library}"
-            real = _SONAME.match(cudart.path.resolve().name) if cudart else None
-            if real and real[3] is not None and int(real[2]) == release.major:
-                release = CudaRelease(release.major, int(real[3]))
-                evidence += f", which is {cudart.path.resolve()}" if cudart else ""
-            return RuntimeNeed(release, evidence)
+        if soname is None or soname[1] != "libcudart":
+            continue
+        minor = int(soname[3]) if soname[3] is not None else None
+        release, evidence = CudaRelease(int(soname[2]), minor), f"DT_NEEDED {library}"
+        real = _SONAME.match(cudart.path.resolve().name) if cudart else None
+        if minor is None and real and real[3] is not None and int(real[2]) == release.major:
+            release = CudaRelease(release.major, int(real[3]))
+            evidence += f", which is {cudart.path.resolve()}" if cudart else ""
+        return RuntimeNeed(release, evidence)
     if binary.cuda is not None and binary.cuda.toolkit:
         return RuntimeNeed(
             CudaRelease.parse(binary.cuda.toolkit),
@@ -152,10 +165,10 @@ def _cuda_libraries(
         if found is not None:
             finding = Finding(True, f"{name}: {library} is found ({found.rule}: {found.path})")
         else:
+            searched = ", ".join(loader.rules(binary.elf_class))
             finding = Finding(
                 False,
-                f"{name}: {library} is not on the loader path (DT_RUNPATH/DT_RPATH, "
-                f"LD_LIBRARY_PATH, ld.so.cache, /lib, /usr/lib): it cannot start; "
+                f"{name}: {library} is not on the loader path ({searched}): it cannot start; "
                 + _install_hint(soname[1], int(soname[2])),
             )
         result[soname[1]] = (found, finding)
@@ -172,5 +185,6 @@ def _install_hint(stem: str, major: int) -> str:
     what = "cuBLAS" if component == "cublas" else "runtime"
     return (
         f"install CUDA {major}'s {what} (the toolkit's, or `pip install "
-        f"{pypi_wheel(component, major)}`) and put its lib folder on LD_LIBRARY_PATH"
+        f"{shlex.quote(pypi_requirement(component, major))}`) and put its lib folder on "
+        "LD_LIBRARY_PATH"
     )

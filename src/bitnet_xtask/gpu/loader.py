@@ -4,8 +4,10 @@ A CUDA build whose `libcublas.so.13` is not on the loader path fails before its 
 line of code ("error while loading shared libraries"), so preflight asks the question
 ld.so would, in ld.so's order (ld.so(8), "Rules"): the binary's DT_RPATH (only when it
 has no DT_RUNPATH), LD_LIBRARY_PATH, its DT_RUNPATH, the ld.so.cache (`ldconfig -p`),
-then the default folders. `$ORIGIN` is the binary's own folder. A file of another ELF
-class or machine is passed over, as ld.so passes it over.
+then the default folders. `$ORIGIN` is the binary's own folder (`$LIB` and
+`$PLATFORM` are left as written, and a DT_RPATH inherited from the executable that loads
+a library is not known here). A file of another ELF class or machine is passed over, as
+ld.so passes it over.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ _ORIGIN = re.compile(r"\$(ORIGIN\b|\{ORIGIN\})")
 # `ldconfig -p`: "\tlibcudart.so.13 (libc6,x86-64) => /usr/local/cuda/lib/libcudart.so.13"
 _CACHE_LINE = re.compile(r"^\s+(\S+)\s+\(([^)]*)\)\s+=>\s+(\S.*)$")
 # e_machine values of the ELF gABI, by pyelftools' names for them.
-_E_MACHINE = {"x64": 62, "AArch64": 183, "x86": 3, "ARM": 40, "RISC-V": 243, "PowerPC64": 21}
+_E_MACHINE = {"x64": 62, "AArch64": 183, "x86": 3, "ARM": 40, "RISC-V": 243, "64-bit PowerPC": 21}
 _DEFAULT_DIRS = {64: ("/lib64", "/usr/lib64", "/lib", "/usr/lib"), 32: ("/lib", "/usr/lib")}
 LDCONFIG_TIMEOUT = 5.0
 
@@ -50,6 +52,12 @@ class LoaderPath:
         env = os.environ if env is None else env
         return cls(tuple(d for d in env.get("LD_LIBRARY_PATH", "").split(":") if d))
 
+    @staticmethod
+    def rules(elf_class: int) -> tuple[str, ...]:
+        """The places searched, in order, as findings name them."""
+        return ("DT_RPATH", "LD_LIBRARY_PATH", "DT_RUNPATH", "ld.so.cache",
+                *_DEFAULT_DIRS.get(elf_class, ()))  # fmt: skip
+
     @cached_property
     def cache(self) -> tuple[tuple[str, str, str], ...]:
         """(name, flags, path) rows of `ldconfig -p`; none where it cannot run."""
@@ -70,14 +78,14 @@ class LoaderPath:
         rpath: tuple[str, ...], runpath: tuple[str, ...],
     ) -> Iterator[tuple[Path, str]]:  # fmt: skip
         """Every file ld.so would try for `name`, in its order, with the rule's name."""
-        if "/" in name:
-            yield origin / name, "a path"  # an absolute `name` stays itself
+        if "/" in name:  # ld.so takes it as a path, relative to the working directory
+            yield Path(name).absolute(), "a path"
             return
         searches = [] if runpath else [("DT_RPATH", rpath)]
         searches += [("LD_LIBRARY_PATH", self.library_path), ("DT_RUNPATH", runpath)]
         for rule, folders in searches:
             for folder in folders:
-                yield Path(_ORIGIN.sub(str(origin), folder)) / name, rule
+                yield Path(_ORIGIN.sub(lambda _: str(origin), folder)) / name, rule
         for cached, flags, target in self.cache:
             if cached == name and _cache_fits(flags, machine):
                 yield Path(target), "ld.so.cache"
@@ -103,6 +111,8 @@ def _cache_fits(flags: str, machine: str) -> bool:
         return "x86-64" in flags
     if machine == "AArch64":
         return "AArch64" in flags
+    if machine == "64-bit PowerPC":
+        return "64bit" in flags
     return True
 
 

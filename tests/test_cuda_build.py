@@ -19,7 +19,7 @@ from conftest import GPU_FIXTURES, Xtask, build_nvml_standin
 from references import cache_home
 
 from bitnet_xtask.cpp.build import BuildRequest, build_reference
-from bitnet_xtask.cpp.cuda_toolkit import CudaToolkit, find_cuda_toolkit
+from bitnet_xtask.cpp.cuda_toolkit import CudaToolkit, find_cuda_toolkit, toolkit_folders
 from bitnet_xtask.cpp.pins import SdistPin
 from bitnet_xtask.errors import UsageError
 from bitnet_xtask.gpu.cuda_compat import (
@@ -318,7 +318,8 @@ def test_this_machine_s_toolkit_is_found_as_nvcc_reports_it(tmp_path: Path) -> N
     except UsageError as exc:
         pytest.skip(f"no cuBLAS for this nvcc here: {exc.message}")
     assert toolkit.release.startswith(_nvcc_release() + ".")
-    assert any((d / "cuda_runtime.h").is_file() for d in toolkit.include_dirs)
+    include_dirs, _ = toolkit_folders(toolkit.nvcc)
+    assert any((d / "cuda_runtime.h").is_file() for d in include_dirs)
     flags = toolkit.cmake_flags(tmp_path)
     assert f"-DCUDA_cublas_LIBRARY={toolkit.cublas.library}" in flags
     assert toolkit.cublas.library.name.startswith("libcublas.so")

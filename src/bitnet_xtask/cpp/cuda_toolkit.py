@@ -39,7 +39,6 @@ _DRYRUN_VARIABLE = re.compile(r"^#\$ (\w+)=(.*)$")
 _ROOT_VARIABLES = ("CUDAToolkit_ROOT", "CUDA_PATH", "CMAKE_PREFIX_PATH")
 _SYSTEM_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu",
                         "/usr/lib64", "/usr/lib", "/usr/local/lib")  # fmt: skip
-_SYSTEM_INCLUDE_DIRS = ("/usr/include", "/usr/local/include")
 PROBE_TIMEOUT = 60.0
 #: Where a build keeps links to a wheel's cuBLAS headers (and only those: the wheel's
 #: include folder is shared with other NVIDIA wheels whose headers must not shadow nvcc's).
@@ -58,12 +57,10 @@ class Cublas:
 
 @dataclass(frozen=True)
 class CudaToolkit:
-    """nvcc, its release and folders, and the cuBLAS and driver library found for it."""
+    """nvcc, its release, and the cuBLAS and driver library found for it."""
 
     nvcc: tuple[str, ...]  # the command, as $CUDACXX gives it (arguments kept)
     release: str  # "13.0.88", from `nvcc --version`
-    include_dirs: tuple[Path, ...]
-    library_dirs: tuple[Path, ...]
     cublas: Cublas
     driver_library: Path | None  # libcuda.so (a stub will do for linking); None: no VMM
 
@@ -131,8 +128,7 @@ def find_cuda_toolkit(
     nvcc = _nvcc(env)
     release = _release(nvcc)
     major = int(release.split(".")[0])
-    include_dirs, library_dirs = _toolkit_dirs(nvcc)
-    libraries = _library_dirs(library_dirs, env)
+    libraries = _library_dirs(toolkit_folders(nvcc)[1], env)
     cublas = _installed_cublas(libraries) or _wheel_cublas(major, wheel_roots)
     if cublas is None:
         raise UsageError(
@@ -146,8 +142,6 @@ def find_cuda_toolkit(
     return CudaToolkit(
         nvcc=nvcc,
         release=release,
-        include_dirs=include_dirs,
-        library_dirs=library_dirs,
         cublas=cublas,
         driver_library=_driver_library(libraries),
     )
@@ -188,7 +182,7 @@ def _release(nvcc: tuple[str, ...]) -> str:
     return match[1]
 
 
-def _toolkit_dirs(nvcc: tuple[str, ...]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+def toolkit_folders(nvcc: tuple[str, ...]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
     """The include and library folders nvcc compiles and links with, from its own
     `--dryrun` (INCLUDES and LIBRARIES of nvcc.profile, already expanded)."""
     variables = {}

@@ -133,10 +133,11 @@ def runtime_need(binary: BinaryFacts, cudart: Found | None = None) -> RuntimeNee
             continue
         minor = int(soname[3]) if soname[3] is not None else None
         release, evidence = CudaRelease(int(soname[2]), minor), f"DT_NEEDED {library}"
-        real = _SONAME.match(cudart.path.resolve().name) if cudart else None
+        real_file = cudart.path.resolve() if cudart else None
+        real = _SONAME.match(real_file.name) if real_file else None
         if minor is None and real and real[3] is not None and int(real[2]) == release.major:
             release = CudaRelease(release.major, int(real[3]))
-            evidence += f", which is {cudart.path.resolve()}" if cudart else ""
+            evidence += f", which is {real_file}"
         return RuntimeNeed(release, evidence)
     if binary.cuda is not None and binary.cuda.toolkit:
         return RuntimeNeed(
